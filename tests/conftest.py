@@ -1,0 +1,51 @@
+"""Shared test helpers: small flows with non-trivial weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from flowprox.flows import Glow
+
+
+def perturb_parameters_(module: nn.Module, scale: float = 0.1, seed: int = 0) -> nn.Module:
+    """Add seeded Gaussian noise to every parameter so zero-initialised layers are non-trivial."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            param.add_(scale * noise)
+    return module
+
+
+def smooth_images(batch: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Images in [0, 1] with spatial correlation (upsampled noise), shape (B, C, size, size)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, channels, max(size // 4, 1), max(size // 4, 1), generator=generator)
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
+    noise = 0.05 * torch.rand(batch, channels, size, size, generator=generator)
+    return (0.9 * fine + noise).clamp(0, 1)
+
+
+def make_glow(
+    channels: int = 3,
+    levels: int = 2,
+    steps: int = 2,
+    hidden: int = 16,
+    size: int = 8,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> Glow:
+    """A small Glow with ActNorm initialised on smooth images and perturbed weights."""
+    glow = Glow(channels, levels, steps, hidden, image_size=size, seed=seed)
+    glow.train()
+    with torch.no_grad():
+        glow(smooth_images(16, channels, size, seed=seed))
+    perturb_parameters_(glow, 0.05, seed=seed)
+    return glow.to(dtype)
+
+
+@pytest.fixture
+def glow64() -> Glow:
+    return make_glow()

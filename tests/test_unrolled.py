@@ -1,0 +1,213 @@
+"""The unrolled proximal gradient network and its flow prox."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_glow, perturb_parameters_, smooth_images
+from torch import nn
+
+from flowprox.flows import TopStandardize
+from flowprox.noise import measure
+from flowprox.operators import GaussianBlur, Identity, Mask
+from flowprox.prox import FlowProx, IdentityProx, NetworkProx, gaussian_shrinkage, laplace_shrinkage
+from flowprox.unrolled import (
+    UnrolledProximalGradient,
+    flow_unrolled_network,
+    step_size_from_operator,
+)
+
+
+def measurement(op, size: int = 8, sigma: float = 0.05, seed: int = 0):
+    x = smooth_images(2, 3, size, seed=seed).double()
+    y = measure(op, x, sigma, torch.Generator().manual_seed(seed))
+    return x, y
+
+
+@pytest.mark.parametrize("initial", ["adjoint", "zeros"])
+def test_identity_prox_network_is_plain_gradient_descent(initial: str) -> None:
+    op = GaussianBlur(1.0)
+    _, y = measurement(op)
+    proxes = [NetworkProx(nn.Identity()) for _ in range(3)]
+    model = UnrolledProximalGradient(proxes, mu_init=0.7, initial_estimate=initial).double()
+    x = op.A_adjoint(y) if initial == "adjoint" else torch.zeros_like(y)
+    for _ in range(3):
+        x = x - 0.7 * op.A_adjoint(op.A(x) - y)
+    assert torch.allclose(model(y, op), x, atol=1e-12)
+    assert model.lambda_raw is None  # a CNN prox has no shrinkage weight
+
+
+def test_flow_prox_without_shrinkage_is_the_identity() -> None:
+    prox = FlowProx(make_glow(), memory_saving=False)
+    v = smooth_images(2, 3, 8, seed=1).double()
+    assert torch.allclose(prox(v, lambda_=torch.tensor(0.0, dtype=torch.float64)), v, atol=1e-10)
+    assert torch.allclose(prox(v, lambda_=None), v, atol=1e-10)
+
+
+def test_a_fold_with_zero_lambda_is_exactly_the_gradient_step() -> None:
+    op = Mask.center_square(8, 8, 3)
+    _, y = measurement(op)
+    model = flow_unrolled_network(make_glow(), num_folds=2, mu_init=0.9).double()
+    x = torch.rand_like(y)
+    step = x - model.mu[0] * op.A_adjoint(op.A(x) - y)
+    with torch.no_grad():
+        model.lambda_raw.fill_(-60.0)  # softplus(-60) ~ 1e-26: lambda = 0 to double precision
+        assert torch.allclose(model.fold(0, x, y, op), step, atol=1e-10)
+        # the last fold never shrinks (paper eq. 12), whatever lambda is
+        model.lambda_raw.fill_(3.0)
+        assert torch.allclose(model.fold(1, x, y, op), step, atol=1e-10)
+
+
+def test_shrinkages() -> None:
+    z = torch.tensor([-2.0, -0.05, 0.0, 0.3, 1.5])
+    assert torch.allclose(gaussian_shrinkage(z, 0.5), z / 1.5)
+    assert torch.allclose(laplace_shrinkage(z, 0.1), torch.tensor([-1.9, 0.0, 0.0, 0.2, 1.4]))
+    with pytest.raises(ValueError, match="unknown shrinkage"):
+        FlowProx(make_glow(), shrinkage="cauchy")
+
+
+def test_initial_estimate_is_the_prior_mode() -> None:
+    prior = make_glow()
+    model = flow_unrolled_network(prior, num_folds=2)
+    _, y = measurement(Identity())
+    mode = prior.inverse(torch.zeros(1, prior.latent_dim(), dtype=torch.float64))
+    assert torch.allclose(model.initial(y, Identity()), mode.expand_as(y))
+
+
+def test_data_fidelity_decreases_over_the_folds() -> None:
+    op = GaussianBlur(1.5)
+    mu = step_size_from_operator(op, (3, 8, 8))
+    model = flow_unrolled_network(make_glow(), num_folds=4, mu_init=mu, lambda_init=0.01).double()
+    _, y = measurement(op, sigma=0.0)
+    with torch.no_grad():
+        _, iterates = model(y, op, return_all=True)
+    fidelity = [float((op.A(x) - y).square().sum()) for x in iterates]
+    assert all(b < a for a, b in zip(fidelity, fidelity[1:], strict=False)), fidelity
+
+
+def test_step_size_from_operator_is_inverse_squared_norm() -> None:
+    assert step_size_from_operator(Identity(), (3, 8, 8)) == pytest.approx(1.0, rel=1e-6)
+    assert step_size_from_operator(Mask.center_square(8, 8, 2), (3, 8, 8)) == pytest.approx(1.0)
+
+
+def _cancelling_parameters(model: nn.Module) -> set[int]:
+    """Parameters whose gradient is exactly zero under Gaussian shrinkage.
+
+    The top level's per-channel scale ``s`` cancels in ``g(f(v) / (1 + lambda))``:
+    ``((v - m) / s) / (1 + lambda) * s + m`` does not depend on ``s``.
+    """
+    return {id(m.log_sd) for m in model.modules() if isinstance(m, TopStandardize)}
+
+
+def _assert_every_trainable_parameter_has_a_gradient(model: nn.Module) -> None:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for name, param in params:
+        assert param.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(param.grad).all(), name
+    scale = torch.sqrt(sum(p.grad.square().sum() for _, p in params))
+    cancelling = _cancelling_parameters(model)
+    for name, param in params:
+        if id(param) not in cancelling:
+            assert param.grad.norm() > 1e-8 * scale, f"{name} has a vanishing gradient"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("shrink_last_fold", [False, True])
+def test_every_parameter_of_the_flow_network_receives_a_gradient(
+    tied: bool, shrink_last_fold: bool
+) -> None:
+    op = GaussianBlur(1.0)
+    x, y = measurement(op)
+    model = flow_unrolled_network(
+        make_glow(), num_folds=3, tied=tied, shrink_last_fold=shrink_last_fold
+    ).double()
+    perturb_parameters_(model, 0.01, seed=5)  # move mu, lambda and zero-init convs off zero
+    nn.functional.mse_loss(model(y, op), x).backward()
+    _assert_every_trainable_parameter_has_a_gradient(model)
+    assert model.mu.shape == (3,)
+    assert model.lambda_.shape == ((3,) if shrink_last_fold else (2,))
+
+
+def test_the_last_fold_without_shrinkage_is_the_gradient_step_and_holds_no_flow() -> None:
+    op = GaussianBlur(1.0)
+    _, y = measurement(op)
+    model = flow_unrolled_network(make_glow(), num_folds=3).double()
+    assert isinstance(model.proxes[-1], IdentityProx)
+    assert all(isinstance(p, FlowProx) for p in model.proxes[:-1])
+    with torch.no_grad():
+        _, iterates = model(y, op, return_all=True)
+        x_before = iterates[-2]
+        step = x_before - model.mu[-1] * op.A_adjoint(op.A(x_before) - y)
+    assert torch.allclose(iterates[-1], step, atol=1e-12)
+
+
+def test_folds_are_untied_copies_and_the_prior_is_untouched() -> None:
+    prior = make_glow()
+    before = copy.deepcopy(prior.state_dict())
+    model = flow_unrolled_network(prior, num_folds=3, shrink_last_fold=True)
+    flows = [prox.flow for prox in model.proxes]
+    assert len({id(f) for f in flows}) == 3
+    with torch.no_grad():
+        next(flows[0].parameters()).add_(1.0)
+    assert not torch.equal(next(flows[0].parameters()), next(flows[1].parameters()))
+    for key, value in prior.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_plug_and_play_trains_only_mu_and_lambda() -> None:
+    op = Mask.center_square(8, 8, 3)
+    x, y = measurement(op)
+    model = flow_unrolled_network(make_glow(), num_folds=3, freeze_flow=True).double()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"mu_raw", "lambda_raw"}
+    nn.functional.mse_loss(model(y, op), x).backward()
+    _assert_every_trainable_parameter_has_a_gradient(model)
+
+
+def test_cnn_prox_network_parameters_receive_gradients() -> None:
+    op = Identity()
+    x, y = measurement(op)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    proxes = [NetworkProx(copy.deepcopy(net)) for _ in range(2)]
+    # mu = 1 with A = I would overwrite fold 1 by y exactly: keep the step partial
+    model = UnrolledProximalGradient(proxes, mu_init=0.5).double()
+    nn.functional.mse_loss(model(y, op), x).backward()
+    _assert_every_trainable_parameter_has_a_gradient(model)
+
+
+@pytest.mark.parametrize("shrink_last_fold", [False, True])
+def test_memory_saving_gradients_equal_autograd(shrink_last_fold: bool) -> None:
+    """Float64, 2 folds, small Glow: every parameter's gradient to 1e-8 relative."""
+    op = GaussianBlur(1.0)
+    x, y = measurement(op)
+    prior = make_glow(levels=2, steps=2, size=8)
+    grads = {}
+    for memory_saving in (False, True):
+        model = flow_unrolled_network(
+            prior, num_folds=2, memory_saving=memory_saving, shrink_last_fold=shrink_last_fold
+        ).double()
+        perturb_parameters_(model, 0.01, seed=9)
+        model.train()
+        nn.functional.mse_loss(model(y, op), x).backward()
+        grads[memory_saving] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert grads[True].keys() == grads[False].keys()
+    # a gradient that is zero in exact arithmetic (the top level's scale, see
+    # _cancelling_parameters) is compared on the scale of the whole gradient
+    scale = torch.sqrt(sum(g.square().sum() for g in grads[False].values()))
+    for name, reference in grads[False].items():
+        error = (grads[True][name] - reference).norm() / max(reference.norm(), 1e-6 * scale)
+        assert error < 1e-8, f"{name}: relative error {error:.2e}"
+
+
+def test_unrolled_network_rejects_bad_input() -> None:
+    model = flow_unrolled_network(make_glow(), num_folds=2)
+    with pytest.raises(ValueError, match="NaN"):
+        model(torch.full((1, 3, 8, 8), float("nan"), dtype=torch.float64), Identity())
+    with pytest.raises(ValueError, match="resize the images"):
+        model(torch.rand(1, 3, 16, 16, dtype=torch.float64), Identity())
+    with pytest.raises(ValueError, match="prior_mode"):
+        UnrolledProximalGradient([NetworkProx(nn.Identity())], initial_estimate="prior_mode")
+    with pytest.raises(ValueError, match="num_folds"):
+        flow_unrolled_network(make_glow(), num_folds=0)
