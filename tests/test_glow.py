@@ -117,7 +117,7 @@ def test_memory_saving_glow_matches_autograd_in_both_directions() -> None:
 @pytest.mark.parametrize(
     ("x", "match"),
     [
-        (torch.rand(3, 8, 8), r"shape \(B, C, H, W\)"),
+        (torch.rand(3, 8, 8), r"4-D, got shape \(3, 8, 8\)"),
         (torch.rand(1, 1, 8, 8), "channels"),
         (torch.rand(1, 3, 10, 8), "divisible by 4"),
         (torch.full((1, 3, 8, 8), float("nan")), "NaN"),

@@ -27,16 +27,19 @@ def check_image_batch(
         ValueError: on a wrong type, rank, channel count or size, or on NaN/Inf values.
     """
     if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x)!r}.")
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}; "
+            "convert it with torch.as_tensor(...)."
+        )
     if x.dim() != 4:
         raise ValueError(
-            f"{name} must have shape (B, C, H, W), got shape {tuple(x.shape)}; "
-            f"add a batch dimension with {name}.unsqueeze(0) for a single image."
+            f"{name} must be 4-D, got shape {tuple(x.shape)}; pass a batch of shape "
+            f"(B, C, H, W); add a batch dimension with {name}.unsqueeze(0) for a single image."
         )
     if not x.is_floating_point():
         raise ValueError(
-            f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}; "
-            f"convert uint8 images with {name}.float() / 255."
+            f"{name} must be a floating-point tensor, got dtype {x.dtype}; "
+            f"convert it with {name}.float(), scaling uint8 images to [0, 1] (/ 255)."
         )
     if channels is not None and x.shape[1] != channels:
         raise ValueError(
@@ -60,9 +63,10 @@ def check_image_batch(
 
 def check_finite(x: Tensor, name: str = "x") -> None:
     """Raise a ValueError if ``x`` holds NaN or Inf."""
-    if not torch.isfinite(x).all():
+    with torch.no_grad():
         n_bad = int((~torch.isfinite(x)).sum())
+    if n_bad:
         raise ValueError(
-            f"{name} contains {n_bad} NaN or Inf values; check the input data "
-            f"(or the step that produced it) and remove or replace non-finite entries."
+            f"{name} contains {n_bad} NaN or Inf values; check the data or the previous step "
+            "that produced it (e.g. a diverging iteration or a division by zero)."
         )

@@ -41,44 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowprox._validation import check_image_batch
+
 __all__ = ["LinearOperator", "Identity", "Mask", "GaussianBlur", "gaussian_kernel"]
 
 
-def _check_image(x: object, name: str = "x") -> Tensor:
-    """Validate that ``x`` is a finite, floating-point batch of images of shape (B, C, H, W).
-
-    Args:
-        x: The object to validate.
-        name: The argument name used in error messages.
-
-    Returns:
-        ``x`` unchanged.
-
-    Raises:
-        ValueError: If ``x`` is not a tensor, not 4-D, not floating point, or holds NaN/Inf.
-    """
-    if not isinstance(x, Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}; "
-            "convert it with torch.as_tensor(...)."
-        )
-    if x.dim() != 4:
-        raise ValueError(
-            f"{name} must be 4-D, got shape {tuple(x.shape)}; pass a batch of shape "
-            "(B, C, H, W); add a batch dimension with x.unsqueeze(0)."
-        )
-    if not x.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with "
-            "x.float() (or x.double()), scaling integer images to [0, 1] first."
-        )
-    with torch.no_grad():
-        finite = bool(torch.isfinite(x).all())
-    if not finite:
-        raise ValueError(
-            f"{name} contains NaN or Inf values; check the data or the previous step that "
-            "produced it (e.g. a diverging iteration or a division by zero)."
-        )
+def _check_image(x: Tensor, name: str) -> Tensor:
+    check_image_batch(x, name)
     return x
 
 

@@ -1,0 +1,224 @@
+"""Experiment configuration: frozen dataclasses loaded from TOML files with ``--set`` overrides.
+
+A config file has one table per section (``[model]``, ``[data]``, ``[train]``) plus top-level
+keys; ``--set train.lr=1e-4`` overrides a single value (parsed as a TOML value, so strings need no
+quotes unless they look like numbers). Unknown keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GlowConfig:
+    """Architecture of the Glow prior (see ``flows.Glow``)."""
+
+    in_channels: int = 3
+    levels: int = 3
+    steps_per_level: int = 8
+    hidden: int = 128
+    image_size: int = 32
+    additive: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are prepared.
+
+    ``path`` is a ``.npz`` file (arrays ``train``/``val``/``test`` of uint8 ``(N, H, W, 3)``),
+    several ``.npz`` files separated by commas (their ``train`` arrays are concatenated), a
+    directory holding such files, or a folder of images (split by ``split_sizes``).
+    """
+
+    path: str = ""
+    resolution: int = 32
+    split_sizes: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    num_workers: int = 0
+    strict: bool = False
+    max_train_images: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Maximum-likelihood pre-training of the prior."""
+
+    n_bits: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    warmup_steps: int = 200
+    max_steps: int = 2000
+    time_limit_minutes: float = 0.0
+    grad_clip: float = 50.0
+    init_batch_size: int = 256
+    eval_every: int = 500
+    checkpoint_every: int = 200
+    log_every: int = 20
+    max_bad_steps: int = 10
+    max_restores: int = 3
+    eval_batch_size: int = 256
+    val_images: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class PriorExperiment:
+    """Everything that defines a prior pre-training run."""
+
+    name: str = "prior"
+    seed: int = 0
+    model: GlowConfig = field(default_factory=GlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Instantiate dataclass ``cls`` from a (nested) dict, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in [{where}]; valid keys are {sorted(fields)}.")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        label = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"[{label}] must be a table of settings, got {value!r}.")
+            kwargs[name] = _build(type(default), value, label)
+        else:
+            kwargs[name] = _coerce(value, default, label)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, label: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{label} must be true or false, got {value!r}.")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{label} must be an integer, got {value!r}.")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{label} must be a number, got {value!r}.")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(default):
+            raise ValueError(f"{label} must be a list of {len(default)} values, got {value!r}.")
+        return tuple(_coerce(v, d, label) for v, d in zip(value, default, strict=True))
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{label} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value, e.g. train.lr=1e-4.")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as a path
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return ``values`` with each ``a.b=value`` of ``overrides`` set (nested dicts copied)."""
+    result = _deep_copy(values)
+    for text in overrides:
+        path, value = _parse_override(text)
+        table = result
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"override {text!r}: {part} is not a section.")
+        table[path[-1]] = value
+    return result
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build the config dataclass ``cls`` from a nested dict (as read from TOML)."""
+    return _build(cls, values, "")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Read a TOML config file (or start from defaults) and apply ``--set`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"config file {path} not found; pass one of the presets in configs/ "
+                "(e.g. configs/tiny.toml) or a path to your own TOML file."
+            )
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"config file {path} is not valid TOML: {error}") from error
+    return config_from_dict(cls, apply_overrides(values, overrides))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A nested dict of plain values (tuples as lists), ready for TOML or a checkpoint."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Serialise a nested dict of plain values as TOML (top-level keys first, then tables)."""
+    lines: list[str] = []
+    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+    for key, value in values.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                raise ValueError(f"nested table {name}.{key} is not supported in to_toml.")
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {value!r} to TOML.")

@@ -1,0 +1,112 @@
+"""PyTorch DDP plumbing for runs launched by ``torchrun`` (one process per device).
+
+Nothing here is home-made communication: ``torch.distributed`` with NCCL on GPUs and gloo on
+CPUs, ``DistributedDataParallel`` for gradient averaging.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits: ``rank`` of ``world_size``, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str = "cpu") -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``).
+
+    Args:
+        device: ``"cpu"`` (gloo backend) or ``"cuda"`` (NCCL, device ``cuda:LOCAL_RANK``).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but CUDA is not available; use cpu.")
+        torch_device = torch.device("cuda", local_rank if world_size > 1 else 0)
+        torch.cuda.set_device(torch_device)
+    elif device == "cpu":
+        torch_device = torch.device("cpu")
+    else:
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'.")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistributedContext(rank, world_size, local_rank, torch_device)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
+    """``DistributedDataParallel`` around ``model`` under DDP (it broadcasts rank 0's state)."""
+    if not context.enabled:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def broadcast_object(value: object, context: DistributedContext) -> object:
+    """Rank 0's ``value`` on every rank."""
+    if not context.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_max(value: float, context: DistributedContext) -> float:
+    """The maximum of ``value`` over ranks (e.g. a bad-step flag)."""
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def replica_divergence(model: nn.Module, context: DistributedContext) -> float:
+    """Largest difference between ranks of per-parameter checksums (0.0 when in sync).
+
+    Each rank sums every parameter and its square in float64; the vectors are all-gathered and
+    compared with rank 0's. Identical weights give exactly 0.
+    """
+    if not context.enabled:
+        return 0.0
+    with torch.no_grad():
+        sums = [
+            torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()
+        ]
+        local = torch.cat(sums).to(context.device)
+    gathered = [torch.empty_like(local) for _ in range(context.world_size)]
+    dist.all_gather(gathered, local)
+    return max(float((g - gathered[0]).abs().max()) for g in gathered)

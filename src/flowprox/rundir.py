@@ -1,0 +1,130 @@
+"""Run directories: resolved config, command line, metrics CSV, TensorBoard and checkpoints.
+
+Layout of ``RUN/``::
+
+    config.resolved.toml   the configuration after presets and --set overrides
+    command.txt            the command line that started (or resumed) the run
+    metrics.csv            one row per logged step (columns fixed by the trainer)
+    tensorboard/           TensorBoard event files
+    checkpoints/last.pt    the latest state (for --resume)
+    checkpoints/best.pt    the state with the best validation score
+
+Only the main process (rank 0) writes; other ranks get a RunDirectory that does nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flowprox.config import to_toml
+
+
+class RunDirectory:
+    """Files of one training run.
+
+    Args:
+        root: the run directory (created).
+        enabled: False on non-main ranks (writes nothing).
+        resume: continue an existing run; without it, a folder that already holds a run is an
+            error (so nothing is overwritten by accident).
+    """
+
+    def __init__(self, root: str | Path, enabled: bool = True, resume: bool = False) -> None:
+        self.root = Path(root)
+        self.fields: list[str] = ["step"]
+        self.enabled = enabled
+        self._writer: Any = None
+        if resume and not self.last_checkpoint.is_file():
+            raise FileNotFoundError(
+                f"--resume given but {self.last_checkpoint} does not exist; start the run "
+                "without --resume, or point --out at the run to continue."
+            )
+        if not resume and self.last_checkpoint.is_file():
+            raise ValueError(
+                f"{self.root} already holds a run ({self.last_checkpoint}); pass --resume to "
+                "continue it or choose another --out folder."
+            )
+        if enabled:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.csv"
+
+    def write_config(self, values: dict[str, Any]) -> None:
+        """Write ``config.resolved.toml``."""
+        if self.enabled:
+            (self.root / "config.resolved.toml").write_text(to_toml(values))
+
+    def write_command(self, argv: Sequence[str] | None = None) -> None:
+        """Append the command line to ``command.txt`` (one line per start or resume)."""
+        if self.enabled:
+            line = shlex.join(
+                [Path(sys.executable).name, "-m", "flowprox", *(argv or sys.argv[1:])]
+            )
+            with (self.root / "command.txt").open("a") as file:
+                file.write(line + "\n")
+
+    def start_metrics(self, fields: Sequence[str], resume_step: int | None = None) -> None:
+        """Create ``metrics.csv`` with columns ``step, *fields``; on resume keep the rows up to
+        ``resume_step`` and drop those a killed run wrote after its last checkpoint."""
+        self.fields = ["step", *fields]
+        if not self.enabled:
+            return
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and self.metrics_path.is_file():
+            with self.metrics_path.open(newline="") as file:
+                rows = [r for r in csv.DictReader(file) if int(r["step"]) <= resume_step]
+        with self.metrics_path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Append a metrics row and the same scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        unknown = set(values) - set(self.fields)
+        if unknown:
+            raise ValueError(f"metrics {sorted(unknown)} are not columns of {self.metrics_path}.")
+        with self.metrics_path.open("a", newline="") as file:
+            csv.DictWriter(file, fieldnames=self.fields).writerow({"step": step, **values})
+        writer = self._tensorboard()
+        if writer is not None:
+            for name, value in values.items():
+                writer.add_scalar(name, value, step)
+
+    def _tensorboard(self) -> Any:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                warnings.warn("tensorboard is not installed: no TensorBoard logs.", stacklevel=2)
+                self._writer = False
+                return None
+            self._writer = SummaryWriter(log_dir=str(self.root / "tensorboard"))
+        return self._writer or None
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self._writer:
+            self._writer.close()
+        self._writer = None
