@@ -63,25 +63,21 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+def pretrain_tiny(npz_path: Path, run: Path, *settings: str) -> subprocess.CompletedProcess:
+    """``flowprox pretrain`` with the tiny preset on ``npz_path`` into ``run``."""
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    return run_cli(
+        "pretrain", "--config", str(TINY), "--data", str(npz_path), "--out", str(run), *overrides
+    )
+
+
 def model_state(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / "last.pt", kind="prior")["model"]
 
 
 def test_pretraining_lowers_validation_bits_per_dim(npz_path: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_cli(
-        "pretrain",
-        "--config",
-        str(TINY),
-        "--data",
-        str(npz_path),
-        "--out",
-        str(run),
-        "--set",
-        "train.max_steps=60",
-        "--set",
-        "train.lr=3e-3",
-    )
+    result = pretrain_tiny(npz_path, run, "train.max_steps=60", "train.lr=3e-3")
     assert result.returncode == 0, result.stderr
     for name in ("config.resolved.toml", "command.txt", "metrics.csv", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
@@ -150,20 +146,7 @@ def test_loading_a_prior_into_another_configuration_names_both(
     npz_path: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    assert (
-        run_cli(
-            "pretrain",
-            "--config",
-            str(TINY),
-            "--data",
-            str(npz_path),
-            "--out",
-            str(run),
-            "--set",
-            "train.max_steps=2",
-        ).returncode
-        == 0
-    )
+    assert pretrain_tiny(npz_path, run, "train.max_steps=2").returncode == 0
     with pytest.raises(
         ValueError,
         match=r"(?s)hidden: checkpoint 16 vs requested 64.*"
@@ -175,40 +158,21 @@ def test_loading_a_prior_into_another_configuration_names_both(
         )
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
-def test_ddp_with_two_processes_matches_one_process(npz_path: Path, tmp_path: Path) -> None:
-    common = [
-        "--config",
-        str(TINY),
-        "--data",
-        str(npz_path),
-        "--set",
-        "train.max_steps=20",
-        "--set",
-        "train.eval_every=10",
-    ]
-    ddp = tmp_path / "ddp"
+def torchrun_pretrain(npz_path: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 -m flowprox pretrain`` (gloo on CPU), tiny preset."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            "-m",
-            "flowprox",
-            "pretrain",
-            *common,
-            "--out",
-            str(ddp),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--standalone", "-m", "flowprox", "pretrain", "--config", str(TINY)]
+    command += ["--data", str(npz_path), "--out", str(run), "--set", "train.eval_every=10", *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_ddp_with_two_processes_matches_one_process_and_resumes(
+    npz_path: Path, tmp_path: Path
+) -> None:
+    ddp = tmp_path / "ddp"
+    result = torchrun_pretrain(npz_path, ddp, "--set", "train.max_steps=20")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (ddp / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -217,27 +181,24 @@ def test_ddp_with_two_processes_matches_one_process(npz_path: Path, tmp_path: Pa
     assert checked and all(d == 0.0 for d in checked), "replicas differ across ranks"
 
     single = tmp_path / "single"
-    assert run_cli("pretrain", *common, "--out", str(single)).returncode == 0
+    assert (
+        pretrain_tiny(npz_path, single, "train.max_steps=20", "train.eval_every=10").returncode == 0
+    )
     for key, value in model_state(single).items():
         assert torch.allclose(model_state(ddp)[key], value, atol=1e-5, rtol=1e-4), key
+
+    # a DDP run stopped at step 10 and resumed under DDP ends where the uninterrupted one does
+    resumed = tmp_path / "ddp-resumed"
+    assert torchrun_pretrain(npz_path, resumed, "--set", "train.max_steps=10").returncode == 0
+    again = torchrun_pretrain(npz_path, resumed, "--resume", "--set", "train.max_steps=20")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for key, value in model_state(ddp).items():
+        assert torch.equal(model_state(resumed)[key], value), key
 
 
 def test_sample_and_evaluate_prior_commands(npz_path: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    assert (
-        run_cli(
-            "pretrain",
-            "--config",
-            str(TINY),
-            "--data",
-            str(npz_path),
-            "--out",
-            str(run),
-            "--set",
-            "train.max_steps=5",
-        ).returncode
-        == 0
-    )
+    assert pretrain_tiny(npz_path, run, "train.max_steps=5").returncode == 0
     grid = tmp_path / "grid.png"
     checkpoint = str(run / "checkpoints" / "best.pt")
     assert main(["sample", "--checkpoint", checkpoint, "--n", "6", "--out", str(grid)]) == 0
@@ -324,3 +285,16 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_learning_rate_schedules() -> None:
+    from flowprox.train import learning_rate_factor
+
+    constant = learning_rate_factor("constant", warmup_steps=4, max_steps=20)
+    assert [constant(s) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]
+    cosine = learning_rate_factor("cosine", warmup_steps=4, max_steps=24, final_fraction=0.1)
+    assert cosine(3) == 1.0 and cosine(4) == pytest.approx(1.0)
+    assert cosine(14) == pytest.approx(0.55) and cosine(24) == pytest.approx(0.1)
+    assert all(cosine(s) >= cosine(s + 1) for s in range(4, 30))
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        learning_rate_factor("step", 1, 2)

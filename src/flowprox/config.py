@@ -62,6 +62,8 @@ class PretrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     warmup_steps: int = 200
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.0
     max_steps: int = 2000
     time_limit_minutes: float = 0.0
     grad_clip: float = 50.0

@@ -10,7 +10,7 @@ warm-up and gradient-norm clipping; ActNorm's data-dependent initialisation runs
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +166,15 @@ def _pretrain(
         initialize_actnorm(glow, init_images.to(context.device), train_config.n_bits, config.seed)
 
     model = wrap_model(glow, context)
-    optimizer = _optimizer(glow, train_config.optimizer, train_config.lr)
-    warmup = max(train_config.warmup_steps, 1)
+    optimizer = make_optimizer(train_config.optimizer, glow, train_config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        optimizer,
+        learning_rate_factor(
+            train_config.lr_schedule,
+            train_config.warmup_steps,
+            train_config.max_steps,
+            train_config.final_lr_fraction,
+        ),
     )
     settings = LoopSettings(
         max_steps=train_config.max_steps,
@@ -231,7 +236,31 @@ def _pretrain(
     return out
 
 
-def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+def learning_rate_factor(
+    schedule: str, warmup_steps: int, max_steps: int, final_fraction: float = 0.0
+) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at each step.
+
+    Linear warm-up over ``warmup_steps``, then ``"constant"`` (1), or ``"cosine"`` decay from 1 to
+    ``final_fraction`` at ``max_steps`` (step-based, so a resumed run follows the same curve).
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {schedule!r}; use 'constant' or 'cosine'.")
+    warmup = max(warmup_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(max_steps - warmup, 1))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam or Adamax over ``model``'s parameters (``train.optimizer``)."""
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
     if name == "adamax":

@@ -178,7 +178,8 @@ class AffineCoupling(InvertibleModule):
         h = self.net(x_a)
         if self.additive:
             return h, None
-        return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0)
+        shift, scale_logit = h.chunk(2, dim=1)
+        return shift, torch.sigmoid(scale_logit + 2.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
@@ -229,8 +230,8 @@ class SplitStandardize(InvertibleModule):
         self.prior = ZeroConv2d(self.keep, 2 * (channels - self.keep))
 
     def _mean_and_log_sd(self, x_keep: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.prior(x_keep)
-        return h[:, 0::2], h[:, 1::2]
+        mean, log_sd = self.prior(x_keep).chunk(2, dim=1)
+        return mean, log_sd
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_keep, x_out = x[:, : self.keep], x[:, self.keep :]
