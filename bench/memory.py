@@ -44,13 +44,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -58,6 +56,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from flowprox.profiling import PeakMeter
 
 MODES = ("autograd", "memory-saving")
 MIB = 1024.0 * 1024.0
@@ -110,78 +110,19 @@ class SavedTensorCounter:
         return sum(n for n, _ in self.saved.values())
 
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def _reset_rss_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMeter:
-    """Peak memory of a region above the memory held when it starts (see the module docstring)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.method = ""
-        self.baseline = 0
-        self._ru_start = 0
-
-    def start(self) -> None:
-        import torch
-
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline = torch.cuda.memory_allocated()
-            self.method = "torch.cuda.max_memory_allocated - memory_allocated before the step"
-            return
-        _malloc_trim()
-        if _reset_rss_high_water_mark():
-            self.method = "VmHWM - VmRSS before the step (high-water mark reset via clear_refs)"
-        else:
-            self.method = (
-                "ru_maxrss - VmRSS before the step (clear_refs not writable: the high-water mark "
-                "cannot be reset, so this is only right when the step beats every earlier peak)"
-            )
-        self.baseline = _proc_status_kib("VmRSS") * 1024
-        self._ru_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def stop(self) -> int:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - self.baseline
-        if self.method.startswith("VmHWM"):
-            peak = _proc_status_kib("VmHWM") * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return max(peak - self.baseline, 0)
-
-
 def _storage_ptrs(tensors: Any) -> set[int]:
     return {t.untyped_storage().data_ptr() for t in tensors if t is not None}
 
 
-def run_worker(steps_per_level: int, mode: str, batch: int, device: str, seed: int) -> dict:
+def run_worker(
+    steps_per_level: int,
+    mode: str,
+    batch: int,
+    device: str,
+    seed: int,
+    prior_path: str | None = None,
+    data: str | None = None,
+) -> dict:
     """One configuration: build, warm up, measure (a) and (b); returns the JSON-able result."""
     import numpy as np
     import torch
@@ -204,18 +145,25 @@ def run_worker(steps_per_level: int, mode: str, batch: int, device: str, seed: i
         coarse = torch.rand(n, 3, 8, 8, generator=generator, device=dev)
         return F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
 
-    prior = Glow(in_channels=3, levels=3, steps_per_level=steps_per_level, hidden=128,
-                 image_size=32).to(dev)  # fmt: skip
-    prior.train()
-    with torch.no_grad():
-        prior(smooth_images(batch))  # data-dependent ActNorm initialisation
-    model = flow_unrolled_network(prior, num_folds=4, memory_saving=(mode == "memory-saving"))
-    model = model.to(dev).train()
-    del prior
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    op = GaussianBlur(1.0).to(dev)
-    x = smooth_images(batch)
-    y = measure(op, x, 0.05, generator)
+    if prior_path is not None:
+        # One real training step of the small preset: its prior, its deblurring task and
+        # network (flowprox.models.build_unrolled), its optimizer, real validation images.
+        model, optimizer, op, x = _small_preset_step(prior_path, data, mode, batch, dev)
+        steps_per_level = next(m for m in model.modules() if isinstance(m, Glow)).steps_per_level
+        y = measure(op, x, 0.0, generator)
+    else:
+        prior = Glow(in_channels=3, levels=3, steps_per_level=steps_per_level, hidden=128,
+                     image_size=32).to(dev)  # fmt: skip
+        prior.train()
+        with torch.no_grad():
+            prior(smooth_images(batch))  # data-dependent ActNorm initialisation
+        model = flow_unrolled_network(prior, num_folds=4, memory_saving=(mode == "memory-saving"))
+        model = model.to(dev).train()
+        del prior
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        op = GaussianBlur(1.0).to(dev)
+        x = smooth_images(batch)
+        y = measure(op, x, 0.05, generator)
 
     def train_step(counter: SavedTensorCounter | None = None) -> tuple[float, dict]:
         optimizer.zero_grad(set_to_none=False)
@@ -291,6 +239,30 @@ def run_worker(steps_per_level: int, mode: str, batch: int, device: str, seed: i
     }
 
 
+def _small_preset_step(prior_path: str, data: str | None, mode: str, batch: int, dev: Any):
+    """Model, optimizer, operator and images of one training step of the small preset."""
+    import dataclasses
+
+    from flowprox.cli_tasks import unrolled_config
+    from flowprox.data import load_splits
+    from flowprox.models import build_unrolled
+    from flowprox.tasks import build_operator
+    from flowprox.train import load_prior
+    from flowprox.train_unrolled import make_unrolled_optimizer, stack_images, with_prior_model
+
+    prior, saved = load_prior(prior_path)
+    config = unrolled_config("deblur", "glow", "small", data=data, prior=prior_path)
+    config = with_prior_model(config, saved["model"])
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, memory_saving=mode == "memory-saving")
+    )
+    op = build_operator(config.task, config.data.resolution).to(dev)
+    model = build_unrolled(config, op, prior).to(dev).train()
+    optimizer = make_unrolled_optimizer(model, config)
+    x = stack_images(load_splits(config.data)["val"], batch).to(dev)
+    return model, optimizer, op, x
+
+
 # --------------------------------------------------------------------------------------- parent
 
 
@@ -298,6 +270,7 @@ def run_worker(steps_per_level: int, mode: str, batch: int, device: str, seed: i
 class Config:
     steps_per_level: int
     mode: str
+    prior: str | None = None
 
 
 def launch(config: Config, args: argparse.Namespace) -> dict | None:
@@ -320,6 +293,8 @@ def launch(config: Config, args: argparse.Namespace) -> dict | None:
         "--seed",
         str(args.seed),
     ]
+    if config.prior:
+        command += ["--prior", config.prior, "--data", args.data]
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -490,6 +465,34 @@ def report(results: dict[tuple[int, str], dict], args: argparse.Namespace) -> tu
     return "\n".join(lines), all_passed
 
 
+def small_preset_report(args: argparse.Namespace) -> str:
+    """One real training step of the small preset, autograd against memory-saving."""
+    if not args.data:
+        raise SystemExit("--small-preset-prior needs --data (e.g. ../shared/data)")
+    found = {}
+    for mode in MODES:
+        print(f"running {mode}, small preset step ...", file=sys.stderr, flush=True)
+        found[mode] = launch(Config(0, mode, args.small_preset_prior), args)
+    a, m = found["autograd"], found["memory-saving"]
+    if a is None or m is None:
+        return "Small preset step: a worker failed (see stderr)."
+    return "\n".join([
+        f"One real training step of the small preset (GLOW prox, K = 4, deblurring, batch "
+        f"{args.batch} of 32x32 validation images, its prior with {a['steps_per_level']} "
+        f"steps/level, {a['num_parameters']:,} parameters):",
+        "",
+        "| | autograd | memory-saving | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        f"| saved for backward (MiB) | {_mib(a['saved_bytes'])} | {_mib(m['saved_bytes'])} | "
+        f"{_fmt_ratio(_ratio(m['saved_bytes'], a['saved_bytes']), 4)} |",
+        f"| peak above baseline (MiB) | {_mib(a['peak_above_bytes'])} | "
+        f"{_mib(m['peak_above_bytes'])} | "
+        f"{_fmt_ratio(_ratio(m['peak_above_bytes'], a['peak_above_bytes']))} |",
+        f"| step time (s) | {a['step_time_s']:.2f} | {m['step_time_s']:.2f} | "
+        f"{_fmt_ratio(_ratio(m['step_time_s'], a['step_time_s']), 2)} |",
+    ])  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32])
@@ -498,6 +501,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report here")
     parser.add_argument("--check", action="store_true", help="exit nonzero on a failed floor")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--small-preset-prior",
+        help="also measure one real training step of the small preset with this prior "
+        "(e.g. runs/repro-small/prior/checkpoints/best.pt); needs --data",
+    )
+    parser.add_argument("--data", help="the data directory for --small-preset-prior")
+    parser.add_argument("--prior", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--steps-per-level", type=int, default=16, help=argparse.SUPPRESS)
@@ -508,7 +518,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        result = run_worker(args.steps_per_level, args.mode, args.batch, args.device, args.seed)
+        result = run_worker(
+            args.steps_per_level, args.mode, args.batch, args.device, args.seed,
+            args.prior, args.data,
+        )  # fmt: skip
         print(json.dumps(result), flush=True)
         return 0
 
@@ -531,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     text, passed = report(results, args)
+    if args.small_preset_prior:
+        text += "\n" + small_preset_report(args) + "\n"
     text += f"\n- total wall time {time.perf_counter() - start:.0f} s.\n"
     print(text)
     if args.markdown is not None:

@@ -11,8 +11,8 @@ per level, all in an ``nf.MultiscaleFlow``; the example's class-conditional base
 ``ClassCondDiagGaussian`` is replaced by the unconditional ``nf.distributions.GlowBase``
 (learned per-channel mean and log-scale) and ``class_cond=False``. Both models get the same number
 of levels ``L``, steps per level ``K``, coupling width and (affine) coupling from the config
-(``configs/small.toml`` by default). Architectural differences that remain, because they are how
-each library builds Glow:
+(the ``small`` preset, ``flowprox/presets/prior-small.toml``, by default). Architectural
+differences that remain, because they are how each library builds Glow:
 
 * split priors: flowprox's factored-out half at each split is standardised by Glow's *conditional*
   prior (mean and log-sd per pixel from a zero-initialised 3x3 convolution of the kept half);
@@ -58,7 +58,7 @@ throughput >= 1.0x normflows'.
 
 Usage::
 
-    python bench/prior.py --data /work/shared/data [--config configs/small.toml]
+    python bench/prior.py --data /work/shared/data [--config PRIOR.toml]
                           [--budget-minutes 5] [--test-images 0] [--device cpu]
                           [--markdown PATH] [--check]
 """
@@ -79,7 +79,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from flowprox.config import PriorExperiment, load_config
+from flowprox.config import PriorExperiment, load_config, preset_path
 from flowprox.data import ImageDataset, describe, load_splits
 from flowprox.flows.dequantization import bits_per_dim
 from flowprox.train import (
@@ -99,7 +99,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 OURS = "flowprox"
 THEIRS = "normflows"
 FLOOR_THROUGHPUT_RATIO = 1.0
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "small.toml"
+DEFAULT_CONFIG = preset_path("prior", "small")
 LOG_2PI = math.log(2.0 * math.pi)
 TRAIN_BPD_WINDOW = 100  # steps averaged for the "train bits/dim" column
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -26,6 +27,17 @@ def smooth_images(batch: int, channels: int, size: int, seed: int = 0) -> torch.
     fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
     noise = 0.05 * torch.rand(batch, channels, size, size, generator=generator)
     return (0.9 * fine + noise).clamp(0, 1)
+
+
+def smooth_uint8_images(n: int, size: int, seed: int) -> np.ndarray:
+    """Correlated colour images, uint8 (n, size, size, 3): a learnable distribution."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 1, size=(n, 3, 2, 2)).astype(np.float32)
+    fine = torch.nn.functional.interpolate(
+        torch.from_numpy(coarse), size=(size, size), mode="bilinear", align_corners=True
+    )
+    noisy = fine.numpy() + rng.normal(0, 0.03, size=fine.shape)
+    return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def make_glow(

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_uint8_images
 from torch import nn
 
 from flowprox.checkpoint import load_checkpoint, save_checkpoint
 from flowprox.cli import main
-from flowprox.config import GlowConfig, PriorExperiment, load_config
+from flowprox.config import GlowConfig, PriorExperiment, load_config, preset_path
 from flowprox.data import ImageDataset
 from flowprox.distributed import DistributedContext
 from flowprox.rundir import RunDirectory
@@ -25,18 +26,7 @@ from flowprox.train import build_glow, evaluate_bits_per_dim, initialize_actnorm
 from flowprox.trainer import LoopSettings, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.toml"
-
-
-def smooth_uint8_images(n: int, size: int, seed: int) -> np.ndarray:
-    """Correlated colour images, uint8 (n, size, size, 3): a learnable distribution."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 1, size=(n, 3, 2, 2)).astype(np.float32)
-    fine = torch.nn.functional.interpolate(
-        torch.from_numpy(coarse), size=(size, size), mode="bilinear", align_corners=True
-    )
-    noisy = fine.numpy() + rng.normal(0, 0.03, size=fine.shape)
-    return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+TINY = preset_path("prior", "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +240,23 @@ def test_nan_steps_are_skipped_and_the_good_state_restored(tmp_path: Path) -> No
     assert torch.equal(history[5], history[4])  # the bad step changed nothing
     assert torch.equal(history[6], history[3])  # restored to the checkpoint after step 3
     assert torch.isfinite(trainer.model.weight).all()
+
+
+def test_a_forward_pass_that_produces_nan_is_a_skipped_step(tmp_path: Path) -> None:
+    from flowprox._validation import check_finite
+
+    trainer = _toy_trainer(tmp_path, max_bad_steps=3, max_restores=1)
+    history: list[torch.Tensor] = []
+
+    def loss_fn(model: nn.Module, batch: torch.Tensor, step: int) -> torch.Tensor:
+        history.append(model.weight.detach().clone())
+        hidden = model.weight * (math.inf if step == 4 else 1.0)
+        check_finite(hidden, "hidden")  # raises NonFiniteError inside the forward pass
+        return hidden.sum()
+
+    trainer.fit(iter(lambda: torch.zeros(1), None), loss_fn, lambda m: {"score": 0.0})
+    assert trainer.bad_steps_total == 1 and trainer.restores == 0 and trainer.step == 12
+    assert torch.equal(history[5], history[4])  # the failed step changed nothing
 
 
 def test_persistent_nan_aborts_with_a_clear_message(tmp_path: Path) -> None:

@@ -61,12 +61,16 @@ def check_image_batch(
     check_finite(x, name)
 
 
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or Inf (bad input, or a diverging computation)."""
+
+
 def check_finite(x: Tensor, name: str = "x") -> None:
-    """Raise a ValueError if ``x`` holds NaN or Inf."""
+    """Raise ``NonFiniteError`` (a ValueError) if ``x`` holds NaN or Inf."""
     with torch.no_grad():
         n_bad = int((~torch.isfinite(x)).sum())
     if n_bad:
-        raise ValueError(
+        raise NonFiniteError(
             f"{name} contains {n_bad} NaN or Inf values; check the data or the previous step "
             "that produced it (e.g. a diverging iteration or a division by zero)."
         )

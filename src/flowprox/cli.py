@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 
 import flowprox
-from flowprox.config import PriorExperiment, load_config
+from flowprox.cli_apps import add_demo_command, add_restore_command
+from flowprox.cli_tasks import add_task_commands
+from flowprox.config import PriorExperiment, load_config, preset_path
 from flowprox.flows import Glow
 from flowprox.operators import GaussianBlur, Identity, LinearOperator, Mask
 
@@ -93,7 +95,8 @@ def _prior_config(args: argparse.Namespace) -> PriorExperiment:
         overrides.append("data.strict=true")
     if getattr(args, "device", None):
         overrides.append(f"train.device={json.dumps(args.device)}")
-    return load_config(PriorExperiment, args.config, overrides)
+    path = args.config or preset_path("prior", getattr(args, "preset", "small"))
+    return load_config(PriorExperiment, path, overrides)
 
 
 def command_pretrain(args: argparse.Namespace) -> int:
@@ -192,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=command_check_operator)
 
     pretrain = commands.add_parser("pretrain", help="pre-train a Glow prior by maximum likelihood")
-    pretrain.add_argument("--config", type=Path, help="a TOML preset, e.g. configs/small.toml")
+    pretrain.add_argument("--preset", choices=["tiny", "small", "paper"], default="small")
+    pretrain.add_argument("--config", type=Path, help="your own TOML file instead of the preset")
     pretrain.add_argument("--data", help="an .npz file (or several, comma-separated) or a folder")
     pretrain.add_argument("--out", type=Path, required=True, help="the run directory")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -221,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_prior.add_argument("--n-bits", type=int, default=0, help="default: the run's")
     evaluate_prior.add_argument("--max-images", type=int, default=0, help="0: all")
     evaluate_prior.set_defaults(handler=command_evaluate_prior)
+
+    add_task_commands(commands)
+    add_restore_command(commands)
+    add_demo_command(commands)
     return parser
 
 

@@ -89,6 +89,106 @@ class PriorExperiment:
     train: PretrainConfig = field(default_factory=PretrainConfig)
 
 
+@dataclass(frozen=True)
+class TaskConfig:
+    """A linear inverse problem ``y = A x + n`` (DESIGN.md section 1, the paper's three tasks).
+
+    ``kind`` is ``"denoise"`` (``A = I``), ``"inpaint"`` (centre ``window x window`` hole),
+    ``"inpaint-random"`` (``fraction_missing`` of the pixels, a fixed mask drawn from
+    ``mask_seed``) or ``"deblur"`` (Gaussian ``sigma_b``; ``kernel_size`` 0 means the full
+    ``2 ceil(3 sigma_b) + 1`` support; ``boundary`` ``"circular"`` or ``"zero"``). ``sigma_n`` is
+    the measurement noise of every task. The ``ood_*`` values give the out-of-distribution
+    measurement setting of Table III (0 or a negative noise level keeps the trained value).
+    """
+
+    kind: str = "denoise"
+    sigma_n: float = 0.0
+    window: int = 0
+    fraction_missing: float = 0.5
+    mask_seed: int = 0
+    sigma_b: float = 0.0
+    kernel_size: int = 0
+    boundary: str = "circular"
+    ood_sigma_n: float = -1.0
+    ood_window: int = 0
+    ood_sigma_b: float = 0.0
+
+
+@dataclass(frozen=True)
+class UnrolledModelConfig:
+    """The unrolled network around one kind of prox (paper section III-B and V-C).
+
+    ``prox``: ``"glow"`` (untied fine-tuned flows, the proposed method), ``"pnp-glow"`` (the
+    pre-trained flow frozen and shared; only ``mu_k``, ``lambda_k`` train), ``"resnet"``
+    (Mardani et al.) or ``"unet"``. ``mu_init = 0`` means ``1 / ||A||^2`` (power method).
+    ``initial_estimate`` ``"auto"`` is ``g_0(0)`` for the flow proxes and ``A^T y`` for the CNNs.
+    """
+
+    prox: str = "glow"
+    num_folds: int = 4
+    mu_init: float = 0.0
+    lambda_init: float = 0.1
+    shrinkage: str = "gaussian"
+    tied: bool = False
+    memory_saving: bool = True
+    initial_estimate: str = "auto"
+    resnet_features: int = 128
+    resnet_blocks: int = 2
+    unet_base: int = 64
+    unet_depth: int = 4
+
+
+@dataclass(frozen=True)
+class UnrolledTrainConfig:
+    """End-to-end MSE training of the unrolled network (DESIGN.md section 1).
+
+    Adam with ``lr`` for the prox networks and ``lr_step`` for ``mu_k``, ``lambda_k``. Fresh
+    noise for every training batch (drawn from ``(seed, step)``); validation and test
+    measurements come from ``measurement_seed`` so every method sees identical inputs.
+    Early stopping after ``early_stopping_patience`` evaluations without a lower val loss.
+    """
+
+    batch_size: int = 16
+    lr: float = 1e-5
+    lr_step: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_steps: int = 2000
+    time_limit_minutes: float = 0.0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    grad_clip: float = 0.0
+    max_bad_steps: int = 10
+    max_restores: int = 3
+    early_stopping_patience: int = 5
+    val_images: int = 256
+    eval_batch_size: int = 64
+    measurement_seed: int = 1234
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class UnrolledExperiment:
+    """Everything that defines a task-training run (``flowprox train``).
+
+    ``prior`` is the pre-trained prior checkpoint (needed by the flow proxes and for
+    ``x_0 = g_0(0)``); ``init_from`` an optional checkpoint of the same prox trained on another
+    task (a pre-trained denoiser) whose prox weights start this run. ``prior_model`` records the
+    prior's architecture so a checkpoint can be rebuilt without the prior file.
+    """
+
+    name: str = "unrolled"
+    seed: int = 0
+    prior: str = ""
+    init_from: str = ""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: UnrolledModelConfig = field(default_factory=UnrolledModelConfig)
+    prior_model: GlowConfig = field(default_factory=GlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: UnrolledTrainConfig = field(default_factory=UnrolledTrainConfig)
+
+
 def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
     """Instantiate dataclass ``cls`` from a (nested) dict, checking names and types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -167,6 +267,16 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return _build(cls, values, "")
 
 
+PRESETS = ("tiny", "small", "paper")
+
+
+def preset_path(kind: str, preset: str) -> Path:
+    """The packaged preset ``presets/<kind>-<preset>.toml`` (kind ``prior`` or ``unrolled``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}.")
+    return Path(__file__).resolve().parent / "presets" / f"{kind}-{preset}.toml"
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Read a TOML config file (or start from defaults) and apply ``--set`` overrides."""
     values: dict[str, Any] = {}
@@ -174,8 +284,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"config file {path} not found; pass one of the presets in configs/ "
-                "(e.g. configs/tiny.toml) or a path to your own TOML file."
+                f"config file {path} not found; pass --preset tiny|small|paper or a path to "
+                "your own TOML file (the presets are in flowprox/presets/)."
             )
         try:
             values = tomllib.loads(path.read_text())

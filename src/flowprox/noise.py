@@ -102,3 +102,33 @@ def measure(
     if sigma_n == 0.0:
         return y
     return y + gaussian_noise(y, sigma_n, generator)
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator for image number ``index`` of an evaluation set, fixed by ``seed``."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 7919 * index + 17) % (2**63))
+
+
+def measure_fixed(
+    op: LinearOperator,
+    x: Tensor,
+    sigma_n: float,
+    seed: int,
+    first_index: int = 0,
+) -> Tensor:
+    """Measurements whose noise depends only on ``(seed, image index)``, not on the batching.
+
+    Image ``i`` of the batch is image ``first_index + i`` of its set, so every method, batch
+    size and device sees exactly the same measurements of a validation or test split.
+    """
+    sigma_n = _check_sigma(sigma_n, "sigma_n")
+    y = op.A(x)
+    if sigma_n == 0.0:
+        return y
+    noise = torch.stack(
+        [
+            torch.randn(y.shape[1:], generator=image_generator(seed, first_index + i))
+            for i in range(y.shape[0])
+        ]
+    )
+    return y + sigma_n * noise.to(dtype=y.dtype, device=y.device)

@@ -444,6 +444,43 @@ class GaussianBlur(LinearOperator):
             self._spectrum_cache[key] = spectrum
         return spectrum
 
+    def transfer_function(
+        self,
+        height: int,
+        width: int,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Transfer function ``K = F k`` of the kernel on the ``(H, W)`` grid (full ``fft2``).
+
+        ``k`` is wrapped onto the ``(H, W)`` torus with its centre at index ``(0, 0)`` (aliased
+        taps summed), so that the circular operator is exactly ``A x = F^-1(K . F x)``. For the
+        zero boundary this is the periodic approximation of ``A``.
+
+        Args:
+            height: Image height ``H`` (positive).
+            width: Image width ``W`` (positive).
+            dtype: Real floating-point dtype of the computation (complex result of matching
+                precision).
+            device: Device of the result; the kernel buffer's device when None.
+
+        Returns:
+            Complex tensor of shape ``(H, W)``.
+        """
+        _positive_int(height, "height")
+        _positive_int(width, "width")
+        device = torch.device(device) if device is not None else self.kernel.device
+        half = self._spectrum(height, width, dtype, device)  # rfft2: columns 0 .. W // 2
+        # Hermitian symmetry of a real signal's DFT: K[u, v] = conj(K[-u mod H, -v mod W]).
+        full = torch.empty(height, width, dtype=half.dtype, device=device)
+        n_half = half.shape[-1]
+        full[:, :n_half] = half
+        if width > n_half:
+            rows = (-torch.arange(height, device=device)) % height
+            cols = width - torch.arange(n_half, width, device=device)
+            full[:, n_half:] = half[rows][:, cols].conj()
+        return full
+
     def _weight(self, x: Tensor) -> Tensor:
         # conv2d computes a correlation; flipping makes it the convolution with the kernel.
         kernel = torch.flip(self.kernel.to(dtype=x.dtype, device=x.device), dims=(0, 1))

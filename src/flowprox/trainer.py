@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from flowprox._validation import NonFiniteError
 from flowprox.checkpoint import (
     capture_rng_state,
     check_same_config,
@@ -266,21 +267,27 @@ class Trainer:
         self.model.train()
         while self.step < settings.max_steps:
             batch = next(batch_iterator)
-            loss = loss_fn(self.model, batch, self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), settings.grad_clip if settings.grad_clip > 0 else math.inf
-            )
-            bad = not (torch.isfinite(loss) and torch.isfinite(grad_norm))
+            try:
+                loss = loss_fn(self.model, batch, self.step)
+            except NonFiniteError:  # the forward pass itself produced NaN/Inf
+                loss = None
+            if loss is not None:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(),
+                    settings.grad_clip if settings.grad_clip > 0 else math.inf,
+                )
+            bad = loss is None or not (torch.isfinite(loss) and torch.isfinite(grad_norm))
             if all_reduce_max(float(bad), self.context) > 0:
                 self.bad_steps_in_a_row += 1
                 self.bad_steps_total += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.context.is_main:
                     tqdm.write(
-                        f"step {self.step}: non-finite loss or gradient, step skipped "
-                        f"({self.bad_steps_in_a_row} in a row, {self.bad_steps_total} in all)"
+                        f"step {self.step}: non-finite forward pass, loss or gradient, step "
+                        f"skipped ({self.bad_steps_in_a_row} in a row, "
+                        f"{self.bad_steps_total} in all)"
                     )
                 if self.bad_steps_in_a_row >= settings.max_bad_steps:
                     self._restore_good_state()

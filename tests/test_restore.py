@@ -1,0 +1,125 @@
+"""``flowprox restore`` on image files, the typicality test, and the offline demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_uint8_images
+from PIL import Image
+
+from flowprox.cli import main
+from flowprox.cli_tasks import unrolled_config
+from flowprox.config import PriorExperiment, load_config, preset_path
+from flowprox.restore import read_image, read_mask
+from flowprox.train import pretrain_prior
+from flowprox.train_unrolled import train_unrolled
+from flowprox.typicality import calibrate
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data directory, checkpoint of a tiny GLOW prox denoiser with its prior)."""
+    root = tmp_path_factory.mktemp("restore")
+    np.savez(
+        root / "celeba64.npz",
+        train=smooth_uint8_images(256, 8, 0),
+        val=smooth_uint8_images(64, 8, 1),
+        test=smooth_uint8_images(16, 8, 2),
+    )
+    prior_config = load_config(
+        PriorExperiment, preset_path("prior", "tiny"), [f'data.path="{root}"']
+    )
+    pretrain_prior(prior_config, root / "prior")
+    config = unrolled_config(
+        "denoise", "glow", "tiny", data=root, prior=root / "prior" / "checkpoints" / "best.pt",
+        overrides=["train.max_steps=40"],
+    )  # fmt: skip
+    train_unrolled(config, root / "glow")
+    return root, root / "glow" / "checkpoints" / "best.pt"
+
+
+def _write_images(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, array in enumerate(smooth_uint8_images(count, 8, 7)):
+        path = folder / f"face{index}.png"
+        Image.fromarray(array).resize(size, Image.BICUBIC).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_simulate_restores_images_of_another_size_and_prints_psnr(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    data, checkpoint = trained
+    paths = _write_images(tmp_path / "in", 3, (20, 12))
+    out = tmp_path / "out"
+    code = main(["restore", *map(str, paths), "--checkpoint", str(checkpoint), "--out",
+                 str(out), "--simulate", "--calibration-data", str(data)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "PSNR restored" in printed and "bits/dim" in printed and "typical" in printed
+    for path in paths:
+        restored = read_image(out / f"{path.stem}_restored.png")
+        assert restored.shape == (3, 12, 20)  # the input's own size
+    rows = [line.split() for line in printed.splitlines() if line.startswith("face")]
+    measured = [float(row[2]) for row in rows]
+    restored_psnr = [float(row[3]) for row in rows]
+    assert np.mean(restored_psnr) > np.mean(measured)
+
+
+def test_typicality_warning_fires_on_noise(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    data, checkpoint = trained
+    noise = tmp_path / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(noise)
+    face = _write_images(tmp_path / "faces", 1, (8, 8))[0]
+    arguments = ["restore", str(noise), str(face), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "out"), "--calibration-data", str(data)]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    warning = next(line for line in printed.splitlines() if line.startswith("warning:"))
+    assert "noise.png" in warning  # random noise is far outside the faces' typical range
+
+
+def test_calibration_takes_the_central_quantiles() -> None:
+    values = torch.arange(1000, dtype=torch.float64) / 1000
+    typical = calibrate(values, tail=0.01)
+    assert typical.low == pytest.approx(0.00999, abs=1e-3)
+    assert typical.high == pytest.approx(0.989, abs=1e-3)
+    assert typical.is_typical(0.5) and not typical.is_typical(0.995)
+    with pytest.raises(ValueError, match="at least 20"):
+        calibrate(values[:5])
+
+
+def test_unreadable_image_and_mask_are_clear_errors(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, checkpoint = trained
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    code = main(["restore", str(bad), "--checkpoint", str(checkpoint), "--out", str(tmp_path)])
+    assert code == 2
+    assert "not a readable image" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="could not be read"):
+        read_mask(bad, 8)
+
+
+def test_mask_image_gives_the_inpainting_operator(tmp_path: Path) -> None:
+    mask = np.full((16, 16), 255, dtype=np.uint8)
+    mask[4:12, 4:12] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    op = read_mask(tmp_path / "mask.png", 8)
+    assert int((op.mask == 0).sum()) == 16  # the 8x8 hole at half the resolution
+
+
+def test_demo_runs_offline_and_writes_a_figure_and_a_table(tmp_path: Path) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--minutes", "0.05"]) == 0
+    table = (tmp_path / "demo.md").read_text()
+    assert "GLOW prox (4 folds)" in table and "biharmonic inpainting" in table
+    assert (tmp_path / "demo.png").stat().st_size > 5000

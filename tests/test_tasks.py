@@ -1,0 +1,277 @@
+"""Task training, baselines and evaluation at the tiny preset on generated 8x8 images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import smooth_uint8_images
+
+from flowprox.checkpoint import load_checkpoint, save_checkpoint
+from flowprox.cli import main
+from flowprox.cli_tasks import unrolled_config
+from flowprox.config import PriorExperiment, config_to_dict, load_config, preset_path
+from flowprox.evaluate import load_evaluation_set, measurement_reconstructor, run_method
+from flowprox.latent import solve_latent
+from flowprox.models import build_unrolled, load_prox_weights, load_unrolled
+from flowprox.noise import measure_fixed
+from flowprox.operators import Identity, Mask
+from flowprox.tasks import build_operator, ood_task, task_preset
+from flowprox.train import load_prior, pretrain_prior
+from flowprox.train_unrolled import stack_images, train_unrolled, with_prior_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A CelebA-like directory (celeba64.npz) and an OOD set (anime64.npz, inverted colours)."""
+    root = tmp_path_factory.mktemp("faces")
+    np.savez(
+        root / "celeba64.npz",
+        train=smooth_uint8_images(256, 8, 0),
+        val=smooth_uint8_images(64, 8, 1),
+        test=smooth_uint8_images(48, 8, 2),
+    )
+    np.savez(root / "anime64.npz", test=255 - smooth_uint8_images(40, 8, 3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prior_path(data_dir: Path, tmp_path_factory) -> Path:
+    config = load_config(PriorExperiment, preset_path("prior", "tiny"), [f'data.path="{data_dir}"'])
+    run = pretrain_prior(config, tmp_path_factory.mktemp("prior"))
+    return run / "checkpoints" / "best.pt"
+
+
+def train_tiny(
+    data_dir: Path, prior: Path, out: Path, task: str, prox: str, *overrides: str, **kwargs
+) -> Path:
+    config = unrolled_config(
+        task, prox, "tiny", data=data_dir, prior=prior, overrides=list(overrides), **kwargs
+    )
+    train_unrolled(config, out)
+    return out / "checkpoints"
+
+
+def validation_loss(network, config, data_dir: Path) -> float:
+    from flowprox.data import load_splits
+
+    splits = load_splits(config.data)
+    x = stack_images(splits["val"], config.train.val_images)
+    op = build_operator(config.task, config.data.resolution)
+    y = measure_fixed(op, x, config.task.sigma_n, config.train.measurement_seed)
+    with torch.no_grad():
+        return float(F.mse_loss(network(y, op), x))
+
+
+def test_training_lowers_the_validation_loss(data_dir: Path, prior_path: Path, tmp_path) -> None:
+    config = unrolled_config("inpaint", "glow", "tiny", data=data_dir, prior=prior_path)
+    prior, saved = load_prior(prior_path)
+    config = with_prior_model(config, saved["model"])
+    op = build_operator(config.task, 8)
+    before = validation_loss(build_unrolled(config, op, prior).eval(), config, data_dir)
+    checkpoints = train_tiny(data_dir, prior_path, tmp_path / "run", "inpaint", "glow")
+    network, _ = load_unrolled(checkpoints / "best.pt")
+    after = validation_loss(network, config, data_dir)
+    assert after < 0.9 * before
+    assert load_checkpoint(checkpoints / "best.pt")["best_score"] == pytest.approx(after, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def denoiser(data_dir: Path, prior_path: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resnet-denoise")
+    settings = ("train.lr=3e-3", "train.max_steps=80", "train.eval_every=20")
+    return train_tiny(data_dir, prior_path, out, "denoise", "resnet", *settings) / "best.pt"
+
+
+def test_trained_denoiser_beats_its_noisy_input(data_dir: Path, denoiser: Path) -> None:
+    network, config = load_unrolled(denoiser)
+    evaluation = load_evaluation_set(config.task, "in-distribution", data_dir, 8)
+    noisy = run_method("measurement", measurement_reconstructor, evaluation)
+    denoised = run_method("resnet", network, evaluation)
+    assert np.mean(denoised.psnr) > np.mean(noisy.psnr) + 1.0
+    assert np.mean(denoised.ssim) > np.mean(noisy.ssim)
+
+
+def test_reloaded_checkpoint_gives_identical_outputs(tmp_path: Path, prior_path: Path) -> None:
+    prior, saved = load_prior(prior_path)
+    config = unrolled_config("deblur", "glow", "tiny", prior=prior_path)
+    config = with_prior_model(config, saved["model"])
+    op = build_operator(config.task, 8)
+    network = build_unrolled(config, op, prior)
+    with torch.no_grad():
+        for param in network.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    path = tmp_path / "net.pt"
+    save_checkpoint(
+        path, {"kind": "unrolled", "config": config_to_dict(config), "model": network.state_dict()}
+    )
+    reloaded, _ = load_unrolled(path)
+    y = op.A(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    network.eval()
+    with torch.no_grad():
+        assert torch.equal(network(y, op), reloaded(y, op))
+
+
+def test_ood_measurement_setting_changes_the_operator(data_dir: Path) -> None:
+    inpaint = task_preset("tiny", "inpaint")
+    inside = load_evaluation_set(inpaint, "in-distribution", data_dir, 8)
+    outside = load_evaluation_set(inpaint, "ood-measurement", data_dir, 8)
+    assert isinstance(inside.op, Mask) and isinstance(outside.op, Mask)
+    assert int((inside.op.mask == 0).sum()) == 3 * 3
+    assert int((outside.op.mask == 0).sum()) == 2 * 2
+    assert torch.equal(inside.x, outside.x) and not torch.equal(inside.y, outside.y)
+
+    denoise = task_preset("tiny", "denoise")
+    assert ood_task(denoise).sigma_n == 0.25
+    a = load_evaluation_set(denoise, "in-distribution", data_dir, 8)
+    b = load_evaluation_set(denoise, "ood-measurement", data_dir, 8)
+    assert isinstance(b.op, Identity)
+    ratio = float((b.y - b.x).std() / (a.y - a.x).std())
+    assert ratio == pytest.approx(0.25 / 0.2, rel=1e-6)  # same noise draws, scaled
+
+    blur = task_preset("tiny", "deblur")
+    assert build_operator(ood_task(blur), 8).sigma_b == 1.0
+    anime = load_evaluation_set(blur, "ood-images", data_dir, 8, max_images=10)
+    assert len(anime.x) == 10 and "anime64" in anime.source
+
+
+def test_init_from_loads_the_denoiser_into_the_unrolled_baseline(
+    data_dir: Path, prior_path: Path, denoiser: Path
+) -> None:
+    source, _ = load_unrolled(denoiser)
+    config = unrolled_config("inpaint", "resnet", "tiny", data=data_dir, init_from=denoiser)
+    network = build_unrolled(config, build_operator(config.task, 8))
+    load_prox_weights(network, config, denoiser)
+    theirs = source.state_dict()
+    for key, value in network.state_dict().items():
+        if key.startswith("proxes."):
+            assert torch.equal(value, theirs[key]), key
+    other = unrolled_config(
+        "inpaint", "resnet", "tiny", overrides=["model.resnet_features=4"], init_from=denoiser
+    )
+    with pytest.raises(ValueError, match="another architecture.*resnet_features"):
+        load_prox_weights(build_unrolled(other, build_operator(other.task, 8)), other, denoiser)
+
+
+def test_plug_and_play_trains_only_the_step_sizes(
+    data_dir: Path, prior_path: Path, tmp_path: Path
+) -> None:
+    checkpoints = train_tiny(data_dir, prior_path, tmp_path / "pnp", "deblur", "pnp-glow")
+    state = load_checkpoint(checkpoints / "last.pt")["model"]
+    prior_state = load_checkpoint(prior_path)["model"]
+    flow_keys = [k for k in state if k.startswith("proxes.0.flow.")]
+    assert flow_keys
+    for key in flow_keys:
+        assert torch.equal(state[key], prior_state[key.removeprefix("proxes.0.flow.")]), key
+    network, _ = load_unrolled(checkpoints / "last.pt")
+    config = unrolled_config("deblur", "pnp-glow", "tiny", prior=prior_path)
+    fresh = build_unrolled(config, build_operator(config.task, 8), load_prior(prior_path)[0])
+    assert not torch.equal(network.mu_raw, fresh.mu_raw)
+
+
+def test_latent_optimisation_lowers_its_objective(prior_path: Path) -> None:
+    flow, _ = load_prior(prior_path)
+    op = Mask.center_square(8, 8, 3)
+    x = torch.from_numpy(smooth_uint8_images(6, 8, 5)).permute(0, 3, 1, 2).float() / 255
+    result = solve_latent(flow, op.A(x), op, steps=30, gamma=0.1, lr=0.05)
+    assert result.objective[-1] < 0.5 * result.objective[0]
+    assert result.x.shape == x.shape
+    assert all(p.requires_grad for p in flow.parameters())  # restored afterwards
+
+
+def _summaries(path: Path) -> list[dict]:
+    methods = json.loads(path.read_text())["methods"]
+    for method in methods:
+        method.pop("seconds_per_image")
+        method.pop("peak_memory_mib")
+    return methods
+
+
+def test_evaluation_is_deterministic_for_every_method(
+    data_dir: Path, prior_path: Path, denoiser: Path, tmp_path: Path
+) -> None:
+    glow = train_tiny(
+        data_dir, prior_path, tmp_path / "glow", "denoise", "glow", "train.max_steps=5"
+    )
+    arguments = [
+        "evaluate", "--checkpoint", str(denoiser), str(glow / "best.pt"), "--data", str(data_dir),
+        "--latent-prior", str(prior_path), "--latent-steps", "5", "--latent-gamma", "0.1",
+        "--latent-lr", "0.05", "--setting", "ood-images", "--max-images", "12",
+    ]  # fmt: skip
+    assert main([*arguments, "--out", str(tmp_path / "a")]) == 0
+    assert main([*arguments, "--out", str(tmp_path / "b"), "--batch-size", "5"]) == 0
+    first = _summaries(tmp_path / "a" / "ood-images.json")
+    assert first == _summaries(tmp_path / "b" / "ood-images.json")
+    names = [m["method"] for m in first]
+    assert names[:2] == ["measurement", "classical: TV denoising (Chambolle)"]
+    assert any(n.startswith("latent") for n in names) and "GLOW prox" in names
+    assert (tmp_path / "a" / "ood-images.csv").read_text() == (
+        tmp_path / "b" / "ood-images.csv"
+    ).read_text()
+
+
+def test_train_command_rejects_a_flow_prox_without_a_prior(data_dir: Path, tmp_path, capsys):
+    code = main(["train", "--task", "denoise", "--preset", "tiny", "--prox", "glow",
+                 "--data", str(data_dir), "--out", str(tmp_path / "x")])  # fmt: skip
+    assert code == 2
+    assert "needs the pre-trained prior" in capsys.readouterr().err
+
+
+def _train_command(data_dir: Path, prior: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "flowprox", "train", "--task", "deblur", "--preset", "tiny", "--prox", "glow",
+            "--prior", str(prior), "--data", str(data_dir), "--out", str(out), *extra]  # fmt: skip
+
+
+def _run(arguments: list[str], torchrun: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable]
+    if torchrun:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    return subprocess.run([*launcher, *arguments], capture_output=True, text=True, env=env)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt", kind="unrolled")["model"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_task_training_under_ddp_matches_one_process_and_resumes_exactly(
+    data_dir: Path, prior_path: Path, tmp_path: Path
+) -> None:
+    steps = ["--set", "train.max_steps=12", "--set", "train.eval_every=6", "--set", "train.lr=1e-4"]
+    single = tmp_path / "single"
+    result = _run(_train_command(data_dir, prior_path, single, *steps))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = tmp_path / "ddp"
+    result = _run(_train_command(data_dir, prior_path, ddp, *steps), torchrun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Adam moves a weight by up to lr per step whatever its gradient's size, so float round-off
+    # in small all-reduced gradients shows up in proportion to lr (~3e-6 at lr 1e-4, against
+    # moves of up to 1.2e-3 in these 12 steps).
+    prior = load_checkpoint(prior_path)["model"]
+    moved = max(
+        float((value - prior[key.removeprefix("proxes.0.flow.")]).abs().max())
+        for key, value in _weights(single).items()
+        if key.startswith("proxes.0.flow.") and value.is_floating_point()
+    )
+    assert moved > 5e-4
+    for key, value in _weights(single).items():
+        assert torch.allclose(_weights(ddp)[key], value, atol=3e-5, rtol=1e-4), key
+
+    # stopped at step 6 and resumed: the same weights as the uninterrupted run, bit for bit
+    resumed = tmp_path / "resumed"
+    first = ["--set", "train.max_steps=6", "--set", "train.eval_every=6", "--set", "train.lr=1e-4"]
+    assert _run(_train_command(data_dir, prior_path, resumed, *first)).returncode == 0
+    again = _run(_train_command(data_dir, prior_path, resumed, "--resume", *steps))
+    assert again.returncode == 0, again.stderr[-3000:]
+    for key, value in _weights(single).items():
+        assert torch.equal(_weights(resumed)[key], value), key
