@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,20 @@ def smooth_uint8_images(n: int, size: int, seed: int) -> np.ndarray:
     )
     noisy = fine.numpy() + rng.normal(0, 0.03, size=fine.shape)
     return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def write_face_data(root: Path, test: int, anime: int = 0) -> Path:
+    """A CelebA-like data directory of 8x8 images: ``celeba64.npz`` (train 256, val 64,
+    ``test``) and, when ``anime > 0``, an OOD set ``anime64.npz`` (inverted colours)."""
+    np.savez(
+        root / "celeba64.npz",
+        train=smooth_uint8_images(256, 8, 0),
+        val=smooth_uint8_images(64, 8, 1),
+        test=smooth_uint8_images(test, 8, 2),
+    )
+    if anime > 0:
+        np.savez(root / "anime64.npz", test=255 - smooth_uint8_images(anime, 8, 3))
+    return root
 
 
 def make_glow(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import smooth_uint8_images
+from conftest import write_face_data
 
 from flowprox.cli import main
 from flowprox.reproduce import Pipeline
@@ -15,15 +14,7 @@ from flowprox.reproduce import Pipeline
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faces")
-    np.savez(
-        root / "celeba64.npz",
-        train=smooth_uint8_images(256, 8, 0),
-        val=smooth_uint8_images(64, 8, 1),
-        test=smooth_uint8_images(32, 8, 2),
-    )
-    np.savez(root / "anime64.npz", test=255 - smooth_uint8_images(24, 8, 3))
-    return root
+    return write_face_data(tmp_path_factory.mktemp("faces"), test=32, anime=24)
 
 
 def test_reproduce_runs_every_stage_writes_the_tables_and_skips_finished_stages(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_uint8_images
+from conftest import smooth_uint8_images, write_face_data
 from PIL import Image
 
 from flowprox.cli import main
@@ -22,13 +22,7 @@ from flowprox.typicality import calibrate
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(data directory, checkpoint of a tiny GLOW prox denoiser with its prior)."""
-    root = tmp_path_factory.mktemp("restore")
-    np.savez(
-        root / "celeba64.npz",
-        train=smooth_uint8_images(256, 8, 0),
-        val=smooth_uint8_images(64, 8, 1),
-        test=smooth_uint8_images(16, 8, 2),
-    )
+    root = write_face_data(tmp_path_factory.mktemp("restore"), test=16)
     prior_config = load_config(
         PriorExperiment, preset_path("prior", "tiny"), [f'data.path="{root}"']
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import smooth_uint8_images
+from conftest import smooth_uint8_images, write_face_data
 
 from flowprox.checkpoint import load_checkpoint, save_checkpoint
 from flowprox.cli import main
@@ -33,15 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """A CelebA-like directory (celeba64.npz) and an OOD set (anime64.npz, inverted colours)."""
-    root = tmp_path_factory.mktemp("faces")
-    np.savez(
-        root / "celeba64.npz",
-        train=smooth_uint8_images(256, 8, 0),
-        val=smooth_uint8_images(64, 8, 1),
-        test=smooth_uint8_images(48, 8, 2),
-    )
-    np.savez(root / "anime64.npz", test=255 - smooth_uint8_images(40, 8, 3))
-    return root
+    return write_face_data(tmp_path_factory.mktemp("faces"), test=48, anime=40)
 
 
 @pytest.fixture(scope="module")

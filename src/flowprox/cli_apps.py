@@ -15,12 +15,12 @@ def command_restore(args: argparse.Namespace) -> int:
         operator_for,
         prepare_measurements,
         resize,
-        restore_batch,
         restore_task,
         write_image,
     )
     from flowprox.tasks import task_label
     from flowprox.train import load_prior
+    from flowprox.train_unrolled import reconstruct_all
     from flowprox.typicality import TypicalRange, image_bits_per_dim
 
     network, config = load_unrolled(args.checkpoint)
@@ -29,7 +29,7 @@ def command_restore(args: argparse.Namespace) -> int:
     op = operator_for(task, resolution, args.mask)
     paths = [Path(p) for p in args.images]
     y, clean, sizes = prepare_measurements(paths, resolution, task, op, args.simulate, args.seed)
-    x_hat = restore_batch(network, op, y)
+    x_hat = reconstruct_all(network, y, op, batch_size=32)
     described = "mask " + str(args.mask) if args.mask else task_label(task)
     print(f"{config.model.prox} network for {task_label(config.task)}; operator: {described}")
 

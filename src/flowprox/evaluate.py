@@ -11,6 +11,7 @@ SSIM over the images, wall time per image and peak memory of inference.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -84,6 +85,10 @@ class MethodResult:
         }
 
 
+#: every setting and validation set of a task reads the same files: load them once
+_load_splits_cached = functools.lru_cache(maxsize=4)(load_splits)
+
+
 def evaluation_task(task: TaskConfig, setting: str) -> TaskConfig:
     """The task of ``setting`` for a model trained on ``task``."""
     if setting not in SETTINGS:
@@ -123,7 +128,7 @@ def load_evaluation_set(
         path = Path(ood_data) if ood_data else anime_path(data)
     else:
         path = Path(data)
-    splits = load_splits(DataConfig(path=str(path), resolution=resolution))
+    splits = _load_splits_cached(DataConfig(path=str(path), resolution=resolution))
     if split not in splits:
         raise ValueError(f"{path} has no {split!r} split; it has {sorted(splits)}.")
     dataset = splits[split]

@@ -9,7 +9,7 @@ prox is a fine-tuned flow (``glow``), the frozen pre-trained flow (``pnp-glow``)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -71,9 +71,8 @@ def build_unrolled(
     mu_init = model.mu_init if model.mu_init > 0 else step_size_from_operator(op, shape)
     initial = model.initial_estimate
     if model.prox in ("glow", "pnp-glow"):
-        assert prior is not None
         network = flow_unrolled_network(
-            prior,
+            cast(Glow, prior),  # built above when not given
             num_folds=model.num_folds,
             mu_init=mu_init,
             lambda_init=model.lambda_init,

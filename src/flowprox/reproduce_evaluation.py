@@ -146,7 +146,7 @@ def typicality_check(
 ) -> dict[str, Any]:
     """Calibrate ``flowprox restore``'s typicality warning on val; how often it fires on the
     CelebA test images and on the anime faces (restored by the GLOW prox network)."""
-    from flowprox.restore import restore_batch
+    from flowprox.train_unrolled import reconstruct_all
     from flowprox.typicality import calibrate, image_bits_per_dim
 
     resolution, seed = config.data.resolution, config.train.measurement_seed
@@ -154,7 +154,7 @@ def typicality_check(
         config.task, "in-distribution", pipeline.data, resolution, 512, seed=seed, split="val"
     )
     typical = calibrate(
-        image_bits_per_dim(flow, restore_batch(network, validation.op, validation.y)),
+        image_bits_per_dim(flow, reconstruct_all(network, validation.y, validation.op, BATCH)),
         source=f"{len(validation.x)} restored val images",
     )
     result: dict[str, Any] = {"low": typical.low, "high": typical.high, "tail": typical.tail,
@@ -165,7 +165,7 @@ def typicality_check(
         ("anime", "ood-images", 0 if pipeline.budget.anime_all else pipeline.budget.anime_images),
     ):
         evaluation = load_evaluation_set(config.task, setting, pipeline.data, resolution, images)
-        bpd = image_bits_per_dim(flow, restore_batch(network, evaluation.op, evaluation.y))
+        bpd = image_bits_per_dim(flow, reconstruct_all(network, evaluation.y, evaluation.op, BATCH))
         flagged = [not typical.is_typical(float(v)) for v in bpd]
         result[name] = {
             "images": len(flagged),

@@ -100,19 +100,6 @@ class Restored:
     psnr_restored: float | None = None
 
 
-def restore_batch(
-    network: torch.nn.Module,
-    op: LinearOperator,
-    y: Tensor,
-    batch_size: int = 32,
-) -> Tensor:
-    """``network(y, op)`` in batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat(
-            [network(y[i : i + batch_size], op) for i in range(0, y.shape[0], batch_size)]
-        )
-
-
 def prepare_measurements(
     paths: list[Path],
     resolution: int,
@@ -147,12 +134,13 @@ def calibrate_restorer(
 ):
     """The typical bits/dim range of this restorer's outputs on validation measurements."""
     from flowprox.evaluate import load_evaluation_set
+    from flowprox.train_unrolled import reconstruct_all
     from flowprox.typicality import calibrate, image_bits_per_dim
 
     validation = load_evaluation_set(
         config.task, "in-distribution", data, config.data.resolution, images,
         seed=config.train.measurement_seed, split="val",
     )  # fmt: skip
-    restored = restore_batch(network, validation.op, validation.y)
+    restored = reconstruct_all(network, validation.y, validation.op, batch_size=64)
     bpd = image_bits_per_dim(prior, restored)  # type: ignore[arg-type]
     return calibrate(bpd, tail, source=f"{len(bpd)} restored val images of {data}")

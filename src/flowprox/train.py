@@ -29,7 +29,7 @@ from flowprox.distributed import (
 from flowprox.flows import Glow
 from flowprox.flows.dequantization import bits_per_dim, quantize
 from flowprox.rundir import RunDirectory
-from flowprox.trainer import LoopSettings, StepBatchSampler, Trainer, batches, step_generator
+from flowprox.trainer import StepBatchSampler, Trainer, batches, loop_settings, step_generator
 
 #: config keys that may change when a run is resumed (a longer run, another time budget, workers)
 RESUMABLE_KEYS = (
@@ -176,16 +176,7 @@ def _pretrain(
             train_config.final_lr_fraction,
         ),
     )
-    settings = LoopSettings(
-        max_steps=train_config.max_steps,
-        time_limit_minutes=train_config.time_limit_minutes,
-        eval_every=train_config.eval_every,
-        checkpoint_every=train_config.checkpoint_every,
-        log_every=train_config.log_every,
-        grad_clip=train_config.grad_clip,
-        max_bad_steps=train_config.max_bad_steps,
-        max_restores=train_config.max_restores,
-    )
+    settings = loop_settings(train_config)
     trainer = Trainer(
         model,
         optimizer,

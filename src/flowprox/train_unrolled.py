@@ -35,7 +35,7 @@ from flowprox.operators import LinearOperator
 from flowprox.rundir import RunDirectory
 from flowprox.tasks import build_operator, task_label, validate_task
 from flowprox.train import load_prior
-from flowprox.trainer import LoopSettings, StepBatchSampler, Trainer, batches, step_generator
+from flowprox.trainer import StepBatchSampler, Trainer, batches, loop_settings, step_generator
 from flowprox.unrolled import UnrolledProximalGradient
 
 #: config keys that may change when a run is resumed
@@ -164,17 +164,7 @@ def _train(
 
     model = wrap_model(network, context)
     optimizer = make_unrolled_optimizer(network, config)
-    settings = LoopSettings(
-        max_steps=train.max_steps,
-        time_limit_minutes=train.time_limit_minutes,
-        eval_every=train.eval_every,
-        checkpoint_every=train.checkpoint_every,
-        log_every=train.log_every,
-        grad_clip=train.grad_clip,
-        max_bad_steps=train.max_bad_steps,
-        max_restores=train.max_restores,
-        early_stopping_patience=train.early_stopping_patience,
-    )
+    settings = loop_settings(train)
     trainer = Trainer(
         model,
         optimizer,

@@ -17,6 +17,7 @@ checkpoint) is restored; after ``max_restores`` restores the run stops with an e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +60,12 @@ class LoopSettings:
     max_bad_steps: int = 10
     max_restores: int = 3
     early_stopping_patience: int = 0
+
+
+def loop_settings(train_config: Any) -> LoopSettings:
+    """The ``LoopSettings`` of a training config (its fields of the same names)."""
+    names = [f.name for f in dataclasses.fields(LoopSettings)]
+    return LoopSettings(**{n: getattr(train_config, n) for n in names if hasattr(train_config, n)})
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
