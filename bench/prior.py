@@ -407,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if model_config.additive:
         raise ValueError("the normflows Glow here has affine couplings; set model.additive=false.")
+    if model_config.scale_floor:
+        print(
+            f"note: normflows' couplings have no scale floor; both Glows are built without one "
+            f"(the preset's model.scale_floor = {model_config.scale_floor} is set aside)."
+        )
+        model_config = dataclasses.replace(model_config, scale_floor=0.0)
     device = torch.device(args.device or train_config.device)
 
     def synchronize() -> None:

@@ -26,6 +26,7 @@ def build(name: str) -> InvertibleModule:
         "invconv": lambda: InvConv1x1(CHANNELS, torch.Generator().manual_seed(1)),
         "affine_coupling": lambda: AffineCoupling(CHANNELS, hidden=8),
         "additive_coupling": lambda: AffineCoupling(CHANNELS, hidden=8, additive=True),
+        "floored_coupling": lambda: AffineCoupling(CHANNELS, hidden=8, scale_floor=0.1),
         "squeeze": Squeeze,
         "split": lambda: SplitStandardize(CHANNELS),
         "top": lambda: TopStandardize(CHANNELS),
@@ -44,6 +45,7 @@ LAYERS = [
     "invconv",
     "affine_coupling",
     "additive_coupling",
+    "floored_coupling",
     "squeeze",
     "split",
     "top",
@@ -134,3 +136,22 @@ def test_squeeze_rejects_odd_sizes() -> None:
 def test_coupling_rejects_single_channel() -> None:
     with pytest.raises(ValueError, match="at least 2 channels"):
         AffineCoupling(1, 8)
+
+
+def test_scale_floor_bounds_the_inverse_amplification() -> None:
+    """With scale logits driven to -100 (what far-off inputs do), an unfloored coupling's
+    inverse overflows to inf, while the floored one amplifies by exactly 1/floor at most."""
+    y = torch.ones(1, CHANNELS, 2, 2)
+    for floor, expected in ((0.0, float("inf")), (0.1, 10.0)):
+        layer = AffineCoupling(CHANNELS, hidden=8, scale_floor=floor)
+        last = layer.net[-1]
+        with torch.no_grad():
+            last.conv.bias.fill_(-100.0)  # shift -100 (half), scale logit -100 (other half)
+            last.conv.bias[: CHANNELS // 2].zero_()  # shift 0
+        x_b = layer.inverse(y)[:, CHANNELS // 2 :]
+        assert torch.allclose(x_b, torch.full_like(x_b, expected))
+
+
+def test_scale_floor_outside_unit_interval_is_an_error() -> None:
+    with pytest.raises(ValueError, match="scale_floor"):
+        AffineCoupling(CHANNELS, 8, scale_floor=1.0)

@@ -32,6 +32,11 @@ def test_reproduce_runs_every_stage_writes_the_tables_and_skips_finished_stages(
     names = [m["method"] for m in summary["methods"]]
     assert "ResNet prox, pre-trained as denoiser" in names and "GLOW plug-and-play" in names
     assert any(name.startswith("latent optimisation") for name in names)
+    typicality = json.loads((out / "eval" / "inpaint" / "typicality.json").read_text())
+    assert set(typicality["thresholds"]) == {"0.01", "0.05"}
+    assert typicality["thresholds"]["0.01"] >= typicality["thresholds"]["0.05"]
+    assert 0.0 <= typicality["auroc"] <= 1.0
+    assert "fires at 5% false alarm" in results
 
     # A rerun skips every finished stage; a stage whose mark is gone runs again, resuming
     # its run directory from the last checkpoint instead of failing on the existing run.

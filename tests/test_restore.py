@@ -16,7 +16,7 @@ from flowprox.config import PriorExperiment, load_config, preset_path
 from flowprox.restore import read_image, read_mask
 from flowprox.train import pretrain_prior
 from flowprox.train_unrolled import train_unrolled
-from flowprox.typicality import calibrate
+from flowprox.typicality import TypicalRange, auroc, calibrate
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +78,34 @@ def test_typicality_warning_fires_on_noise(
     assert main(arguments) == 0
     printed = capsys.readouterr().out
     warning = next(line for line in printed.splitlines() if line.startswith("warning:"))
-    assert "noise.png" in warning  # random noise is far outside the faces' typical range
+    assert "noise.png" in warning  # random noise scores far above the faces' threshold
 
 
-def test_calibration_takes_the_central_quantiles() -> None:
+def test_calibration_flags_the_false_alarm_fraction_of_val() -> None:
     values = torch.arange(1000, dtype=torch.float64) / 1000
-    typical = calibrate(values, tail=0.01)
-    assert typical.low == pytest.approx(0.00999, abs=1e-3)
-    assert typical.high == pytest.approx(0.989, abs=1e-3)
-    assert typical.is_typical(0.5) and not typical.is_typical(0.995)
+    typical = calibrate(values, false_alarm=0.05)
+    assert typical.high == pytest.approx(0.949, abs=1e-3)
+    flagged = sum(not typical.is_typical(float(v)) for v in values)
+    assert flagged == 50  # exactly the false-alarm fraction of the calibration images
+    assert typical.is_typical(0.0)  # one-sided: a very likely image is not flagged
     with pytest.raises(ValueError, match="at least 20"):
         calibrate(values[:5])
+    with pytest.raises(ValueError, match="false_alarm"):
+        calibrate(values, false_alarm=0.7)
+
+
+def test_stale_calibration_file_is_a_clear_error(tmp_path: Path) -> None:
+    stale = tmp_path / "best.pt.typicality.json"
+    stale.write_text('{"low": 1.0, "high": 2.0, "tail": 0.005, "images": 512, "source": "val"}')
+    with pytest.raises(ValueError, match="--calibration-data"):
+        TypicalRange.load(stale)
+
+
+def test_auroc_counts_pairs_and_ties() -> None:
+    inside = torch.tensor([1.0, 2.0, 3.0])
+    assert auroc(inside, torch.tensor([4.0, 5.0])) == 1.0
+    assert auroc(inside, torch.tensor([0.0])) == 0.0
+    assert auroc(inside, torch.tensor([2.0])) == pytest.approx(0.5)  # 1 above, 1 tie, 1 below
 
 
 def test_unreadable_image_and_mask_are_clear_errors(

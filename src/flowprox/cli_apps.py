@@ -34,19 +34,24 @@ def command_restore(args: argparse.Namespace) -> int:
     print(f"{config.model.prox} network for {task_label(config.task)}; operator: {described}")
 
     prior_path = args.prior or (config.prior if config.prior else None)
-    prior = None
+    prior, n_bits = None, 8
     if prior_path and Path(prior_path).is_file():
-        prior, _ = load_prior(prior_path)
+        prior, prior_config = load_prior(prior_path)
+        n_bits = prior_config["train"]["n_bits"]
     typical: TypicalRange | None = None
     cache = Path(str(args.checkpoint) + ".typicality.json")
     if prior is not None and args.calibration_data:
-        typical = calibrate_restorer(network, config, prior, args.calibration_data)
+        typical = calibrate_restorer(
+            network, config, prior, args.calibration_data, n_bits, args.false_alarm
+        )
         typical.save(cache)
-        print(f"typical bits/dim of restored val images: [{typical.low:.3f}, {typical.high:.3f}]"
-              f" ({typical.source}); saved to {cache}")  # fmt: skip
+        print(
+            f"typicality threshold: {typical.high:.3f} bits/dim, exceeded by "
+            f"{100 * typical.false_alarm:g}% of {typical.source}; saved to {cache}"
+        )
     elif prior is not None and cache.is_file():
         typical = TypicalRange.load(cache)
-    bpd = image_bits_per_dim(prior, x_hat) if prior is not None else None
+    bpd = image_bits_per_dim(prior, x_hat, n_bits) if prior is not None else None
 
     out = Path(args.out)
     psnr_in = psnr_out = None
@@ -76,12 +81,13 @@ def command_restore(args: argparse.Namespace) -> int:
     flagged = [r["image"] for r in rows if r.get("typical") == "NO"]
     if flagged:
         print(
-            f"warning: {len(flagged)} image(s) lie outside the prior's typical range "
-            f"[{typical.low:.3f}, {typical.high:.3f}] bits/dim ({', '.join(flagged)}): they look "  # type: ignore[union-attr]
-            "unlike the training images, so the restoration may be unreliable."
+            f"warning: {len(flagged)} image(s) score above the prior's typicality threshold "
+            f"{typical.high:.3f} bits/dim ({', '.join(flagged)}): they look unlike the "  # type: ignore[union-attr]
+            f"training images, so the restoration may be unreliable (the threshold also flags "
+            f"{100 * typical.false_alarm:g}% of validation images)."
         )
     if bpd is not None and typical is None:
-        print("(no typicality range yet: pass --calibration-data DATA once to calibrate it)")
+        print("(no typicality threshold yet: pass --calibration-data DATA once to calibrate it)")
     if prior is None:
         print("(no likelihood score: pass --prior PRIOR.pt)")
     print(f"wrote {len(paths)} restored image(s) to {out}")
@@ -112,7 +118,13 @@ def add_restore_command(commands: Any) -> None:
     )
     restore.add_argument("--prior", help="prior for the likelihood score (default: the run's)")
     restore.add_argument(
-        "--calibration-data", help="calibrate the typical bits/dim range on this data's val split"
+        "--calibration-data", help="calibrate the typicality threshold on this data's val split"
+    )
+    restore.add_argument(
+        "--false-alarm",
+        type=float,
+        default=0.05,
+        help="fraction of validation images the calibrated threshold flags (default 0.05)",
     )
     restore.add_argument("--seed", type=int, default=2022, help="noise seed for --simulate")
     restore.set_defaults(handler=command_restore)

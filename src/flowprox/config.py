@@ -33,6 +33,8 @@ class GlowConfig:
     image_size: int = 32
     additive: bool = False
     seed: int = 0
+    #: lower bound of the affine couplings' scales; bounds the inverse's amplification by 1/floor
+    scale_floor: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -129,10 +129,12 @@ def calibrate_restorer(
     config: UnrolledExperiment,
     prior: torch.nn.Module,
     data: str | Path,
+    n_bits: int = 8,
+    false_alarm: float = 0.05,
     images: int = 512,
-    tail: float = 0.005,
 ):
-    """The typical bits/dim range of this restorer's outputs on validation measurements."""
+    """The bits/dim threshold of this restorer's outputs on validation measurements, at the
+    prior's ``n_bits``."""
     from flowprox.evaluate import load_evaluation_set
     from flowprox.train_unrolled import reconstruct_all
     from flowprox.typicality import calibrate, image_bits_per_dim
@@ -142,5 +144,5 @@ def calibrate_restorer(
         seed=config.train.measurement_seed, split="val",
     )  # fmt: skip
     restored = reconstruct_all(network, validation.y, validation.op, batch_size=64)
-    bpd = image_bits_per_dim(prior, restored)  # type: ignore[arg-type]
-    return calibrate(bpd, tail, source=f"{len(bpd)} restored val images of {data}")
+    bpd = image_bits_per_dim(prior, restored, n_bits)  # type: ignore[arg-type]
+    return calibrate(bpd, false_alarm, source=f"{len(bpd)} restored val images of {data}")

@@ -50,6 +50,7 @@ def build_glow(config: GlowConfig) -> Glow:
         image_size=config.image_size,
         additive=config.additive,
         seed=config.seed,
+        scale_floor=config.scale_floor,
     )
 
 

@@ -38,6 +38,8 @@ class Glow(InvertibleModule):
         image_size: ``(H, W)`` (or an int for square images) used by ``sample`` and by
             ``inverse`` when no size is given.
         additive: additive instead of affine couplings.
+        scale_floor: lower bound of the affine couplings' scales (``AffineCoupling``); it
+            bounds the inverse's amplification, keeping it finite on noisy images.
         seed: seed of the random initialisation (1x1 convolutions and coupling networks).
     """
 
@@ -50,6 +52,7 @@ class Glow(InvertibleModule):
         image_size: int | tuple[int, int] = 32,
         additive: bool = False,
         seed: int = 0,
+        scale_floor: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -72,6 +75,7 @@ class Glow(InvertibleModule):
         self.hidden = hidden
         self.image_size = size
         self.additive = additive
+        self.scale_floor = scale_floor
         # the whole initialisation depends on ``seed`` only, not on the global RNG state
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -84,7 +88,9 @@ class Glow(InvertibleModule):
             channels *= 4
             layers: list[InvertibleModule] = [Squeeze()]
             layers += [
-                FlowStep(channels, self.hidden, additive=self.additive)
+                FlowStep(
+                    channels, self.hidden, additive=self.additive, scale_floor=self.scale_floor
+                )
                 for _ in range(self.steps_per_level)
             ]
             last = level == self.num_levels - 1
@@ -238,4 +244,5 @@ class Glow(InvertibleModule):
             "hidden": self.hidden,
             "image_size": list(self.image_size),
             "additive": self.additive,
+            "scale_floor": self.scale_floor,
         }

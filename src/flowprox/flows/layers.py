@@ -155,22 +155,30 @@ def coupling_network(in_channels: int, hidden: int, out_channels: int) -> nn.Seq
 
 
 class AffineCoupling(InvertibleModule):
-    """Affine coupling ``y_b = (x_b + t) * sigmoid(h + 2)``, ``(t, h) = NN(x_a)``, ``y_a = x_a``.
+    """Affine coupling ``y_b = (x_b + t) * s``, ``s = f + (1 - f) sigmoid(h + 2)``,
+    ``(t, h) = NN(x_a)``, ``y_a = x_a``, with a scale floor ``f`` in [0, 1).
 
-    ``logdet = sum log sigmoid(h + 2)``. The last convolution of ``NN`` starts at
-    zero, so the layer starts near the identity (scale ``sigmoid(2) ~ 0.88``). With
-    ``additive=True`` the layer is ``y_b = x_b + t`` with zero log-determinant.
+    ``logdet = sum log s``. The last convolution of ``NN`` starts at zero, so the layer starts
+    near the identity (scale ``f + (1 - f) sigmoid(2)``). The floor bounds how much the inverse
+    ``x_b = y_b / s - t`` can amplify, by ``1 / f``: without it, images far from the training
+    data (noisy ones) drive ``s`` towards 0 and the inverse overflows. With ``additive=True``
+    the layer is ``y_b = x_b + t`` with zero log-determinant.
     """
 
-    def __init__(self, channels: int, hidden: int, additive: bool = False) -> None:
+    def __init__(
+        self, channels: int, hidden: int, additive: bool = False, scale_floor: float = 0.0
+    ) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(
                 f"AffineCoupling needs at least 2 channels to split, got {channels}; "
                 "apply a Squeeze before the coupling."
             )
+        if not 0.0 <= scale_floor < 1.0:
+            raise ValueError(f"scale_floor must be in [0, 1), got {scale_floor}; 0 means none.")
         self.split = channels // 2
         self.additive = additive
+        self.scale_floor = scale_floor
         passive = channels - self.split
         self.net = coupling_network(self.split, hidden, passive if additive else 2 * passive)
 
@@ -179,7 +187,10 @@ class AffineCoupling(InvertibleModule):
         if self.additive:
             return h, None
         shift, scale_logit = h.chunk(2, dim=1)
-        return shift, torch.sigmoid(scale_logit + 2.0)
+        scale = torch.sigmoid(scale_logit + 2.0)
+        if self.scale_floor:
+            scale = self.scale_floor + (1.0 - self.scale_floor) * scale
+        return shift, scale
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
@@ -274,11 +285,12 @@ class FlowStep(InvertibleModule):
         hidden: int,
         additive: bool = False,
         generator: torch.Generator | None = None,
+        scale_floor: float = 0.0,
     ) -> None:
         super().__init__()
         self.actnorm = ActNorm(channels)
         self.invconv = InvConv1x1(channels, generator=generator)
-        self.coupling = AffineCoupling(channels, hidden, additive=additive)
+        self.coupling = AffineCoupling(channels, hidden, additive=additive, scale_floor=scale_floor)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x, logdet_norm = self.actnorm(x)
