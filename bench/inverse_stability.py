@@ -45,11 +45,16 @@ def main() -> int:
         + " | ".join("---:" for _ in lambdas)
         + " |"
     )
+    clean: dict[int, torch.Tensor] = {}  # validation images by resolution, read once
     for path in args.priors:
         flow, config = load_prior(path)
         resolution = flow.image_size[0]
-        images = load_splits(DataConfig(path=args.data, resolution=resolution))["val"]
-        x = torch.stack([images[i] for i in range(min(args.images, len(images)))])
+        if resolution not in clean:
+            images = load_splits(DataConfig(path=args.data, resolution=resolution))["val"]
+            clean[resolution] = torch.stack(
+                [images[i] for i in range(min(args.images, len(images)))]
+            )
+        x = clean[resolution]
         generator = torch.Generator().manual_seed(args.seed)
         noise = torch.randn(x.shape, generator=generator)
         with torch.no_grad():

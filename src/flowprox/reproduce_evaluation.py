@@ -151,19 +151,11 @@ def typicality_check(
     """Calibrate ``flowprox restore``'s typicality warning on val; how often it fires on the
     CelebA test images and on the anime faces (restored by the GLOW prox network), at false-alarm
     rates of 1% and 5%, and the AUROC of bits/dim between the two."""
-    from flowprox.train_unrolled import reconstruct_all
-    from flowprox.typicality import auroc, calibrate, image_bits_per_dim
+    from flowprox.restore import restored_bits_per_dim, restored_val_bits_per_dim
+    from flowprox.typicality import auroc, calibrate
 
-    resolution, seed = config.data.resolution, config.train.measurement_seed
-
-    def restored_bpd(evaluation: Any) -> torch.Tensor:
-        restored = reconstruct_all(network, evaluation.y, evaluation.op, BATCH)
-        return image_bits_per_dim(flow, restored, n_bits)
-
-    validation = load_evaluation_set(
-        config.task, "in-distribution", pipeline.data, resolution, 512, seed=seed, split="val"
-    )
-    val_bpd = restored_bpd(validation)
+    val_bpd = restored_val_bits_per_dim(network, config, flow, pipeline.data, n_bits,
+                                        batch_size=BATCH)  # fmt: skip
     thresholds = {rate: calibrate(val_bpd, rate) for rate in FALSE_ALARM_RATES}
     result: dict[str, Any] = {
         "calibration": f"{len(val_bpd)} restored val images",
@@ -175,14 +167,16 @@ def typicality_check(
         ("celeba_test", "in-distribution", count),
         ("anime", "ood-images", 0 if pipeline.budget.anime_all else pipeline.budget.anime_images),
     ):
-        bpd = restored_bpd(load_evaluation_set(config.task, setting, pipeline.data, resolution,
-                                               images))  # fmt: skip
+        evaluation = load_evaluation_set(
+            config.task, setting, pipeline.data, config.data.resolution, images
+        )
+        bpd = restored_bits_per_dim(network, evaluation, flow, n_bits, BATCH)
         scores[name] = bpd
         result[name] = {
             "images": len(bpd),
             "median_bits_per_dim": float(bpd.median()),
             "flagged_fraction": {
-                f"{rate:g}": float((bpd > t.high).double().mean()) for rate, t in thresholds.items()
+                f"{rate:g}": float(t.flagged(bpd).double().mean()) for rate, t in thresholds.items()
             },
         }
     result["auroc"] = auroc(scores["celeba_test"], scores["anime"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ from flowprox.images import to_uint8
 from flowprox.noise import measure_fixed
 from flowprox.operators import LinearOperator, Mask
 from flowprox.tasks import build_operator
+from flowprox.typicality import TypicalRange
+
+if TYPE_CHECKING:
+    from flowprox.evaluate import EvaluationSet
 
 
 def read_image(path: str | Path) -> Tensor:
@@ -124,25 +129,54 @@ def operator_for(task: TaskConfig, resolution: int, mask: str | Path | None) -> 
     return build_operator(task, resolution)
 
 
-def calibrate_restorer(
+def restored_bits_per_dim(
+    network: torch.nn.Module,
+    evaluation: EvaluationSet,
+    prior: torch.nn.Module,
+    n_bits: int,
+    batch_size: int,
+) -> Tensor:
+    """Bits/dim under ``prior`` (at its ``n_bits``) of ``network``'s restorations of an
+    evaluation set's measurements, shape ``(N,)``."""
+    from flowprox.train_unrolled import reconstruct_all
+    from flowprox.typicality import image_bits_per_dim
+
+    restored = reconstruct_all(network, evaluation.y, evaluation.op, batch_size)
+    return image_bits_per_dim(prior, restored, n_bits)  # type: ignore[arg-type]
+
+
+def restored_val_bits_per_dim(
     network: torch.nn.Module,
     config: UnrolledExperiment,
     prior: torch.nn.Module,
     data: str | Path,
-    n_bits: int = 8,
-    false_alarm: float = 0.05,
+    n_bits: int,
     images: int = 512,
-):
-    """The bits/dim threshold of this restorer's outputs on validation measurements, at the
-    prior's ``n_bits``."""
+    batch_size: int = 64,
+) -> Tensor:
+    """``restored_bits_per_dim`` of the first ``images`` validation images of ``data``, measured
+    with the run's task and measurement seed: what the typicality threshold is calibrated on."""
     from flowprox.evaluate import load_evaluation_set
-    from flowprox.train_unrolled import reconstruct_all
-    from flowprox.typicality import calibrate, image_bits_per_dim
 
     validation = load_evaluation_set(
         config.task, "in-distribution", data, config.data.resolution, images,
         seed=config.train.measurement_seed, split="val",
     )  # fmt: skip
-    restored = reconstruct_all(network, validation.y, validation.op, batch_size=64)
-    bpd = image_bits_per_dim(prior, restored, n_bits)  # type: ignore[arg-type]
+    return restored_bits_per_dim(network, validation, prior, n_bits, batch_size)
+
+
+def calibrate_restorer(
+    network: torch.nn.Module,
+    config: UnrolledExperiment,
+    prior: torch.nn.Module,
+    data: str | Path,
+    n_bits: int,
+    false_alarm: float = 0.05,
+    images: int = 512,
+) -> TypicalRange:
+    """The bits/dim threshold of this restorer's outputs on validation measurements, at the
+    prior's ``n_bits``."""
+    from flowprox.typicality import calibrate
+
+    bpd = restored_val_bits_per_dim(network, config, prior, data, n_bits, images)
     return calibrate(bpd, false_alarm, source=f"{len(bpd)} restored val images of {data}")

@@ -41,6 +41,10 @@ class TypicalRange:
     def is_typical(self, bpd: float) -> bool:
         return bpd <= self.high
 
+    def flagged(self, bpd: Tensor) -> Tensor:
+        """Which of the bits/dim values ``bpd`` the warning fires on (``not is_typical``)."""
+        return bpd > self.high
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
@@ -56,7 +60,7 @@ class TypicalRange:
 
 
 @torch.no_grad()
-def image_bits_per_dim(flow: Glow, x: Tensor, n_bits: int = 8, batch_size: int = 128) -> Tensor:
+def image_bits_per_dim(flow: Glow, x: Tensor, n_bits: int, batch_size: int = 128) -> Tensor:
     """Bits/dim of images ``x`` in [0, 1] under ``flow`` at the bin midpoints, shape ``(B,)``."""
     values = []
     for start in range(0, x.shape[0], batch_size):
