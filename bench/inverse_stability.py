@@ -21,8 +21,8 @@ import sys
 import torch
 
 from flowprox.config import DataConfig
-from flowprox.data import load_splits
-from flowprox.train import load_prior
+from flowprox.data.datasets import load_splits
+from flowprox.models.prior import load_prior
 
 
 def main() -> int:

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowprox.profiling import PeakMeter
+from flowprox.utils.profiling import PeakMeter
 
 MODES = ("autograd", "memory-saving")
 MIB = 1024.0 * 1024.0
@@ -129,9 +129,9 @@ def run_worker(
     import torch.nn.functional as F
 
     from flowprox.flows import Glow
-    from flowprox.noise import measure
-    from flowprox.operators import GaussianBlur
-    from flowprox.unrolled import flow_unrolled_network
+    from flowprox.optim.unrolled import flow_unrolled_network
+    from flowprox.physics.noise import measure
+    from flowprox.physics.operators import GaussianBlur
 
     setup_start = time.perf_counter()
     random.seed(seed)
@@ -147,7 +147,7 @@ def run_worker(
 
     if prior_path is not None:
         # One real training step of the small preset: its prior, its deblurring task and
-        # network (flowprox.models.build_unrolled), its optimizer, real validation images.
+        # network (flowprox.models.unrolled.build_unrolled), its optimizer, real validation images.
         model, optimizer, op, x = _small_preset_step(prior_path, data, mode, batch, dev)
         steps_per_level = next(m for m in model.modules() if isinstance(m, Glow)).steps_per_level
         y = measure(op, x, 0.0, generator)
@@ -243,12 +243,13 @@ def _small_preset_step(prior_path: str, data: str | None, mode: str, batch: int,
     """Model, optimizer, operator and images of one training step of the small preset."""
     import dataclasses
 
-    from flowprox.cli_tasks import unrolled_config
-    from flowprox.data import load_splits
-    from flowprox.models import build_unrolled
-    from flowprox.tasks import build_operator
-    from flowprox.train import load_prior
-    from flowprox.train_unrolled import make_unrolled_optimizer, stack_images, with_prior_model
+    from flowprox.data.datasets import load_splits
+    from flowprox.evaluation.reconstruct import stack_images
+    from flowprox.models.prior import load_prior
+    from flowprox.models.unrolled import build_unrolled
+    from flowprox.physics.tasks import build_operator
+    from flowprox.training.configs import unrolled_config
+    from flowprox.training.task import make_unrolled_optimizer, with_prior_model
 
     prior, saved = load_prior(prior_path)
     config = unrolled_config("deblur", "glow", "small", data=data, prior=prior_path)

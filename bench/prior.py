@@ -1,6 +1,6 @@
 """Glow pre-training, flowprox vs normflows: test bits/dim and training throughput side by side.
 
-What is compared. flowprox's pre-training of its Glow prior (``flowprox.train``: ``build_glow``,
+What is compared. flowprox's pre-training of its Glow prior (``build_glow``,
 ``initialize_actnorm``, the loss of ``pretrain_prior``) against the multi-scale Glow of the
 ``normflows`` package (a bench-only dependency: ``pip install -e .[bench]``) built the way
 normflows' own Glow example builds it (``examples/glow_colab.ipynb``): per level ``K``
@@ -40,7 +40,7 @@ training images and noise for both (``initialize_actnorm`` for flowprox; one no-
 Same optimiser for both: the config's optimiser and learning rate, with its warm-up and its
 learning-rate schedule over the time budget (``TimeBudgetSchedule``) and gradient-norm clipping;
 a step with a non-finite loss or gradient is skipped, as in
-``flowprox.trainer``.
+``flowprox.training.trainer``.
 
 Timing. Both models train in one process, interleaved step by step: the next step always goes to
 the model that has used less training time so far, until each has used ``--budget-minutes`` of
@@ -51,7 +51,7 @@ Training throughput is images processed / time spent in that model's steps.
 
 Evaluation. After training, test bits/dim of each model at the bin midpoints ``u = 1/2``
 (deterministic) over the test split (``--test-images`` to cut it), in eval mode under no_grad,
-through ``flowprox.train.evaluate_bits_per_dim`` for both.
+through ``flowprox.training.pretrain.evaluate_bits_per_dim`` for both.
 
 Floors (``--check`` exits with 1 when one fails): our test bits/dim <= normflows', and our
 throughput >= 1.0x normflows'.
@@ -80,16 +80,15 @@ import torch
 from torch import Tensor, nn
 
 from flowprox.config import PriorExperiment, load_config, preset_path
-from flowprox.data import ImageDataset, describe, load_splits
-from flowprox.flows.dequantization import bits_per_dim
-from flowprox.train import (
-    build_glow,
-    dequantized_batch,
+from flowprox.data.datasets import ImageDataset, describe, load_splits
+from flowprox.flows.dequantization import bits_per_dim, dequantize
+from flowprox.models.prior import build_glow
+from flowprox.training.pretrain import (
     evaluate_bits_per_dim,
     initialize_actnorm,
     make_optimizer,
 )
-from flowprox.trainer import StepBatchSampler, step_generator
+from flowprox.training.trainer import StepBatchSampler, step_generator
 
 try:
     import normflows as nf
@@ -294,7 +293,7 @@ class BatchSource:
             noise = torch.rand(
                 (self.batch_size, *self.image_shape), generator=step_generator(self.seed, step)
             )
-            x = dequantized_batch(images, self.n_bits, noise).to(self.device)
+            x = dequantize(images, self.n_bits, noise=noise).to(self.device)
             self._cache[step] = (x, set())
         x, taken = self._cache[step]
         taken.add(taker)
@@ -450,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     init_noise = torch.rand(init_images.shape, generator=step_generator(seed, -(10**6)))
     flow.train()
     with torch.no_grad():
-        flow.log_prob(dequantized_batch(init_images, n_bits, init_noise.to(device)))
+        flow.log_prob(dequantize(init_images, n_bits, noise=init_noise.to(device)))
 
     contenders = []
     for name, module, log_prob in (

@@ -1,6 +1,7 @@
 """Speed and quality: the trained unrolled GLOW prox against latent optimisation, side by side.
 
-On the same test images and measurements (``flowprox.evaluate``, fixed seed) of one task, the
+On the same test images and measurements (``flowprox.evaluation.evaluate``, fixed seed) of
+one task, the
 4-fold GLOW prox network of a reproduction (``flowprox reproduce``) is compared with latent
 optimisation (Asim et al.) using the same pre-trained prior: ``x = g(z)``, Adam on
 ``||y - A g(z)||^2 + gamma ||z||^2`` from ``z = 0``, with gamma and the learning rate the ones
@@ -28,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from flowprox.evaluate import load_evaluation_set
-from flowprox.latent import solve_latent
-from flowprox.metrics import psnr
-from flowprox.models import load_unrolled
-from flowprox.train import load_prior
+from flowprox.evaluation.evaluate import load_evaluation_set
+from flowprox.metrics.quality import psnr
+from flowprox.models.prior import load_prior
+from flowprox.models.unrolled import load_unrolled
+from flowprox.optim.latent import solve_latent
 
 
 def timed(function, evaluation, batch: int) -> tuple[torch.Tensor, float, list[float]]:

@@ -1,4 +1,4 @@
-"""Tests of the CNN proximal networks of the baselines (flowprox.baselines)."""
+"""Tests of the CNN proximal networks of the baselines (flowprox.models.cnn)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from conftest import perturb_parameters_, smooth_images
 from torch import nn
 
-from flowprox.baselines import ResNetProxNet, UNet, count_parameters
-from flowprox.prox import NetworkProx
+from flowprox.models.cnn import ResNetProxNet, UNet, count_parameters
+from flowprox.optim.prox import NetworkProx
 
 
 def _tiny_resnet(**kwargs: object) -> ResNetProxNet:

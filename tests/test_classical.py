@@ -1,4 +1,4 @@
-"""Tests of flowprox.classical and of GaussianBlur.transfer_function."""
+"""Tests of flowprox.optim.classical and of GaussianBlur.transfer_function."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from conftest import smooth_images
 from skimage.restoration import denoise_tv_chambolle
 
-from flowprox.classical import (
+from flowprox.metrics.quality import psnr
+from flowprox.optim.classical import (
     classical_candidates,
     classical_name,
     classical_reconstruction,
@@ -18,8 +19,7 @@ from flowprox.classical import (
     tv_denoise,
     wiener_deconvolution,
 )
-from flowprox.metrics import psnr
-from flowprox.operators import GaussianBlur, Identity, LinearOperator, Mask
+from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask
 
 
 def _noise(shape: tuple[int, ...], sigma: float, seed: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flowprox.cli import main
+from flowprox.cli.main import main
 
 
 def test_help_lists_the_subcommands() -> None:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from flowprox.config import DataConfig
-from flowprox.data import (
+from flowprox.data.datasets import (
     CELEBA_HQ_SPLIT,
     ImageDataset,
     describe,

@@ -1,4 +1,4 @@
-"""Tests of flowprox.metrics: PSNR, SSIM (against scikit-image) and mean ± std."""
+"""Tests of flowprox.metrics.quality: PSNR, SSIM (against scikit-image) and mean ± std."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from conftest import smooth_images
 from skimage.metrics import structural_similarity
 
-from flowprox.metrics import mean_and_std, psnr, ssim
+from flowprox.metrics.quality import mean_and_std, psnr, ssim
 
 
 def _skimage_ssim(a: torch.Tensor, b: torch.Tensor) -> list[float]:

@@ -1,4 +1,4 @@
-"""Tests of the linear forward operators (flowprox.operators) and of flowprox.noise."""
+"""Tests of the forward operators and measurement noise (flowprox.physics)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowprox.noise import gaussian_noise, measure
-from flowprox.operators import GaussianBlur, Identity, LinearOperator, Mask, gaussian_kernel
+from flowprox.physics.noise import gaussian_noise, measure
+from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask, gaussian_kernel
 
 Builder = Callable[[int, int, int], LinearOperator]
 

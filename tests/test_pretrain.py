@@ -16,14 +16,15 @@ import torch
 from conftest import smooth_uint8_images
 from torch import nn
 
-from flowprox.checkpoint import load_checkpoint, save_checkpoint
-from flowprox.cli import main
+from flowprox.cli.main import main
 from flowprox.config import GlowConfig, PriorExperiment, load_config, preset_path
-from flowprox.data import ImageDataset
-from flowprox.distributed import DistributedContext
-from flowprox.rundir import RunDirectory
-from flowprox.train import build_glow, evaluate_bits_per_dim, initialize_actnorm, load_prior
-from flowprox.trainer import LoopSettings, Trainer
+from flowprox.data.datasets import ImageDataset
+from flowprox.models.prior import build_glow, load_prior
+from flowprox.training.distributed import DistributedContext
+from flowprox.training.pretrain import evaluate_bits_per_dim, initialize_actnorm
+from flowprox.training.rundir import RunDirectory
+from flowprox.training.trainer import LoopSettings, Trainer
+from flowprox.utils.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = preset_path("prior", "tiny")
@@ -243,7 +244,7 @@ def test_nan_steps_are_skipped_and_the_good_state_restored(tmp_path: Path) -> No
 
 
 def test_a_forward_pass_that_produces_nan_is_a_skipped_step(tmp_path: Path) -> None:
-    from flowprox._validation import check_finite
+    from flowprox.utils.validation import check_finite
 
     trainer = _toy_trainer(tmp_path, max_bad_steps=3, max_restores=1)
     history: list[torch.Tensor] = []
@@ -295,7 +296,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_learning_rate_schedules() -> None:
-    from flowprox.train import learning_rate_factor
+    from flowprox.training.pretrain import learning_rate_factor
 
     constant = learning_rate_factor("constant", warmup_steps=4, max_steps=20)
     assert [constant(s) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import write_face_data
 
-from flowprox.cli import main
-from flowprox.reproduce import Pipeline
+from flowprox.cli.main import main
+from flowprox.experiments.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import torch
 from conftest import smooth_uint8_images, write_face_data
 from PIL import Image
 
-from flowprox.cli import main
-from flowprox.cli_tasks import unrolled_config
+from flowprox.apps.restore import read_image, read_mask
+from flowprox.cli.main import main
 from flowprox.config import PriorExperiment, load_config, preset_path
-from flowprox.restore import read_image, read_mask
-from flowprox.train import pretrain_prior
-from flowprox.train_unrolled import train_unrolled
-from flowprox.typicality import TypicalRange, auroc, calibrate
+from flowprox.metrics.typicality import TypicalRange, auroc, calibrate
+from flowprox.training.configs import unrolled_config
+from flowprox.training.pretrain import pretrain_prior
+from flowprox.training.task import train_unrolled
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,20 @@ import torch
 import torch.nn.functional as F
 from conftest import smooth_uint8_images, write_face_data
 
-from flowprox.checkpoint import load_checkpoint, save_checkpoint
-from flowprox.cli import main
-from flowprox.cli_tasks import unrolled_config
+from flowprox.cli.main import main
 from flowprox.config import PriorExperiment, config_to_dict, load_config, preset_path
-from flowprox.evaluate import load_evaluation_set, measurement_reconstructor, run_method
-from flowprox.latent import solve_latent
-from flowprox.models import build_unrolled, load_prox_weights, load_unrolled
-from flowprox.noise import measure_fixed
-from flowprox.operators import Identity, Mask
-from flowprox.tasks import build_operator, ood_task, task_preset
-from flowprox.train import load_prior, pretrain_prior
-from flowprox.train_unrolled import stack_images, train_unrolled, with_prior_model
+from flowprox.evaluation.evaluate import load_evaluation_set, measurement_reconstructor, run_method
+from flowprox.evaluation.reconstruct import stack_images
+from flowprox.models.prior import load_prior
+from flowprox.models.unrolled import build_unrolled, load_prox_weights, load_unrolled
+from flowprox.optim.latent import solve_latent
+from flowprox.physics.noise import measure_fixed
+from flowprox.physics.operators import Identity, Mask
+from flowprox.physics.tasks import build_operator, ood_task, task_preset
+from flowprox.training.configs import unrolled_config
+from flowprox.training.pretrain import pretrain_prior
+from flowprox.training.task import train_unrolled, with_prior_model
+from flowprox.utils.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +56,7 @@ def train_tiny(
 
 
 def validation_loss(network, config, data_dir: Path) -> float:
-    from flowprox.data import load_splits
+    from flowprox.data.datasets import load_splits
 
     splits = load_splits(config.data)
     x = stack_images(splits["val"], config.train.val_images)

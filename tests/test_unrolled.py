@@ -10,14 +10,20 @@ from conftest import make_glow, perturb_parameters_, smooth_images
 from torch import nn
 
 from flowprox.flows import TopStandardize
-from flowprox.noise import measure
-from flowprox.operators import GaussianBlur, Identity, Mask
-from flowprox.prox import FlowProx, IdentityProx, NetworkProx, gaussian_shrinkage, laplace_shrinkage
-from flowprox.unrolled import (
+from flowprox.optim.prox import (
+    FlowProx,
+    IdentityProx,
+    NetworkProx,
+    gaussian_shrinkage,
+    laplace_shrinkage,
+)
+from flowprox.optim.unrolled import (
     UnrolledProximalGradient,
     flow_unrolled_network,
     step_size_from_operator,
 )
+from flowprox.physics.noise import measure
+from flowprox.physics.operators import GaussianBlur, Identity, Mask
 
 
 def measurement(op, size: int = 8, sigma: float = 0.05, seed: int = 0):

@@ -1,5 +1,5 @@
 """``python -m flowprox`` runs the command line (also under ``torchrun -m flowprox``)."""
 
-from flowprox.cli import main
+from flowprox.cli.main import main
 
 raise SystemExit(main())

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,17 +117,47 @@ class TaskConfig:
     ood_sigma_b: float = 0.0
 
 
+class ProxKind(str, Enum):
+    """The prox of an unrolled network: ``glow`` (untied fine-tuned flows, the proposed
+    method), ``pnp-glow`` (the pre-trained flow, frozen and shared: plug-and-play), or a CNN
+    (``resnet``, Mardani et al.; ``unet``). Equal to its value as a string."""
+
+    GLOW = "glow"
+    PNP_GLOW = "pnp-glow"
+    RESNET = "resnet"
+    UNET = "unet"
+
+    @classmethod
+    def flows(cls) -> tuple[ProxKind, ...]:
+        """The kinds whose prox is a flow."""
+        return (cls.GLOW, cls.PNP_GLOW)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """Every kind's name, as the command line spells it."""
+        return tuple(kind.value for kind in cls)
+
+    @property
+    def label(self) -> str:
+        """The method's name in tables."""
+        return {
+            "glow": "GLOW prox",
+            "pnp-glow": "GLOW plug-and-play",
+            "resnet": "ResNet prox",
+            "unet": "U-Net prox",
+        }[self.value]
+
+
 @dataclass(frozen=True)
 class UnrolledModelConfig:
     """The unrolled network around one kind of prox (paper section III-B and V-C).
 
-    ``prox``: ``"glow"`` (untied fine-tuned flows, the proposed method), ``"pnp-glow"`` (the
-    pre-trained flow frozen and shared; only ``mu_k``, ``lambda_k`` train), ``"resnet"``
-    (Mardani et al.) or ``"unet"``. ``mu_init = 0`` means ``1 / ||A||^2`` (power method).
+    ``prox``: a ``ProxKind`` value (for ``pnp-glow`` only ``mu_k``, ``lambda_k`` train).
+    ``mu_init = 0`` means ``1 / ||A||^2`` (power method).
     ``initial_estimate`` ``"auto"`` is ``g_0(0)`` for the flow proxes and ``A^T y`` for the CNNs.
     """
 
-    prox: str = "glow"
+    prox: str = ProxKind.GLOW.value
     num_folds: int = 4
     mu_init: float = 0.0
     lambda_init: float = 0.1

@@ -33,7 +33,7 @@ def quantize(x: Tensor, n_bits: int = 8) -> Tensor:
 def dequantize(
     x: Tensor,
     n_bits: int = 8,
-    noise: bool = True,
+    noise: bool | Tensor = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Continuous images ``(k + u) / n_bins`` in ``[0, 1)`` for the flow to model.
@@ -42,12 +42,15 @@ def dequantize(
         x: images in [0, 1], ``(B, C, H, W)``.
         n_bits: bits per colour channel kept.
         noise: draw ``u ~ U(0, 1)`` (training); False uses the bin midpoint ``u = 1/2``, a
-            deterministic choice for evaluation.
+            deterministic choice for evaluation; a tensor of ``x``'s shape is ``u`` itself (for
+            noise drawn elsewhere, e.g. from a per-step generator).
         generator: random source for ``u``.
     """
     n_bins = 2**n_bits
     k = quantize(x, n_bits)
-    if noise:
+    if isinstance(noise, Tensor):
+        u = noise
+    elif noise:
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     else:
         u = torch.full_like(x, 0.5)

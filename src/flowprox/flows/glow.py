@@ -18,11 +18,11 @@ import math
 import torch
 from torch import Tensor
 
-from flowprox._validation import check_finite, check_image_batch
 from flowprox.flows.base import InvertibleModule, InvertibleSequential
 from flowprox.flows.dequantization import bits_per_dim, dequantize
 from flowprox.flows.layers import FlowStep, SplitStandardize, Squeeze, TopStandardize
 from flowprox.flows.memory import invertible_chain
+from flowprox.utils.validation import check_finite, check_image_batch
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -200,13 +200,14 @@ class Glow(InvertibleModule):
         self,
         x: Tensor,
         n_bits: int = 8,
-        dequantize_noise: bool = True,
+        dequantize_noise: bool | Tensor = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Bits per dimension of images ``x`` in [0, 1] (``uint8 / 255``), per image ``(B,)``.
 
         The images are reduced to ``n_bits`` and dequantised once (uniform noise, or the bin
-        midpoint when ``dequantize_noise`` is False, for deterministic evaluation).
+        midpoint when ``dequantize_noise`` is False, for deterministic evaluation; a tensor is the
+        dequantisation noise ``u`` itself).
         """
         check_image_batch(x, "x", channels=self.in_channels, divisible_by=2**self.num_levels)
         x_continuous = dequantize(x, n_bits, noise=dequantize_noise, generator=generator)

@@ -1,0 +1,1 @@
+"""Applications: ``restore`` for a user's own images, and the offline ``demo``."""

@@ -1,0 +1,259 @@
+"""Subcommands for tasks: ``train``, ``evaluate``, ``solve-latent`` and ``reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowprox.config import (
+    ProxKind,
+    TaskConfig,
+    UnrolledExperiment,
+)
+from flowprox.evaluation.evaluate import (
+    SETTINGS,
+    classical_method_name,
+    classical_reconstructor,
+    latent_reconstructor,
+    load_evaluation_set,
+    markdown_table,
+    measurement_reconstructor,
+    run_method,
+    tune_classical,
+    tune_latent,
+    write_results,
+)
+from flowprox.experiments.pipeline import TASKS, reproduce
+from flowprox.models.prior import load_prior
+from flowprox.models.unrolled import PROX_KINDS, load_unrolled
+from flowprox.physics.tasks import PRESET_NAMES, TASK_KINDS, resolve_task
+from flowprox.training.configs import unrolled_config
+from flowprox.training.task import train_unrolled
+
+
+def command_train(args: argparse.Namespace) -> int:
+    """Train the unrolled network (or a CNN baseline) for a task."""
+
+    config = unrolled_config(
+        args.task,
+        args.prox,
+        args.preset,
+        args.config,
+        args.data,
+        args.prior,
+        args.init_from,
+        args.device,
+        args.set,
+    )
+    if not config.data.path:
+        raise ValueError("no data given; pass --data PATH (an .npz file or an image folder).")
+    out = train_unrolled(config, args.out, resume=args.resume, argv=sys.argv[1:])
+    print(f"run directory: {out}")
+    return 0
+
+
+def _print_results(results: list[Any], evaluation: Any, out: Path | None, stem: str) -> None:
+
+    print(f"\n{evaluation.label}\n")
+    print(markdown_table(results))
+    if out is not None:
+        json_path, csv_path = write_results(results, evaluation, out, stem)
+        print(f"\nwrote {json_path} and {csv_path}")
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    """PSNR/SSIM of trained networks, the classical reference and the measurement."""
+
+    device = torch.device(args.device)
+    networks = []
+    for path in args.checkpoint or []:
+        network, config = load_unrolled(path, map_location=device)
+        networks.append((Path(path), network, config))
+    if networks:
+        task, resolution = networks[0][2].task, networks[0][2].data.resolution
+        measurement_seed = networks[0][2].train.measurement_seed
+        for path, _, config in networks[1:]:
+            if config.task != task:
+                raise ValueError(
+                    f"{path} was trained for another task than {networks[0][0]}; evaluate "
+                    "checkpoints of one task together."
+                )
+    elif args.task:
+        task, resolution = resolve_task(args.task, args.preset), args.resolution
+        measurement_seed = UnrolledExperiment().train.measurement_seed
+    else:
+        raise ValueError("pass --checkpoint (one or more) or --task for the reference methods.")
+
+    evaluation = load_evaluation_set(
+        task, args.setting, args.data, resolution, args.max_images, args.ood_data, args.seed
+    )
+    print(evaluation.label)
+    results = [run_method("measurement", measurement_reconstructor, evaluation, args.batch_size)]
+    if not args.no_classical:
+        validation = _validation_set(task, args, resolution, measurement_seed)
+        parameter, val_psnr = tune_classical(validation)
+        print(f"classical parameter tuned on val: {parameter} (val PSNR {val_psnr:.2f} dB)")
+        results.append(
+            run_method(
+                classical_method_name(evaluation.op),
+                classical_reconstructor(parameter),
+                evaluation,
+                args.batch_size,
+                details={"parameter": "" if parameter is None else parameter},
+            )
+        )
+    if args.latent_prior:
+        flow, _ = load_prior(args.latent_prior)
+        flow.to(device)
+        gamma, lr = args.latent_gamma, args.latent_lr
+        if gamma is None or lr is None:
+            validation = _validation_set(task, args, resolution, measurement_seed, count=32)
+            gamma, lr, val_psnr = tune_latent(flow, validation, args.latent_steps)
+            print(f"latent optimisation tuned on val: gamma {gamma}, lr {lr} ({val_psnr:.2f} dB)")
+        results.append(
+            run_method(
+                f"latent optimisation (T={args.latent_steps})",
+                latent_reconstructor(flow, args.latent_steps, gamma, lr),
+                evaluation,
+                args.batch_size,
+                device,
+                details={"gamma": gamma, "lr": lr, "steps": args.latent_steps},
+            )
+        )
+    for _, network, config in networks:
+        results.append(
+            run_method(_method_name(config), network, evaluation, args.batch_size, device)
+        )
+    _print_results(results, evaluation, args.out, args.setting)
+    return 0
+
+
+def _method_name(config: UnrolledExperiment) -> str:
+    label = ProxKind(config.model.prox).label
+    if config.init_from:
+        label += " (pre-trained as denoiser)"
+    return label
+
+
+def _validation_set(
+    task: TaskConfig, args: argparse.Namespace, resolution: int, seed: int, count: int = 64
+) -> Any:
+    """In-distribution validation measurements, for tuning (never the test split): the
+    reference methods keep these parameters in the out-of-distribution settings, as the
+    trained networks keep their weights."""
+
+    return load_evaluation_set(
+        task, "in-distribution", args.data, resolution, count, seed=seed, split="val"
+    )
+
+
+def command_solve_latent(args: argparse.Namespace) -> int:
+    """Latent optimisation with a pre-trained flow on a task's test measurements."""
+
+    flow, prior_config = load_prior(args.prior)
+    device = torch.device(args.device)
+    flow.to(device)
+    resolution = prior_config["model"]["image_size"]
+    task = resolve_task(args.task, args.preset)
+    evaluation = load_evaluation_set(
+        task, args.setting, args.data, resolution, args.max_images, args.ood_data, args.seed
+    )
+    gamma, lr = args.gamma, args.lr
+    if gamma is None or lr is None:
+        seed = UnrolledExperiment().train.measurement_seed
+        validation = _validation_set(task, args, resolution, seed, count=32)
+        gamma, lr, val_psnr = tune_latent(flow, validation, args.steps)
+        print(f"tuned on val: gamma {gamma}, lr {lr} (val PSNR {val_psnr:.2f} dB)")
+    result = run_method(
+        f"latent optimisation (T={args.steps})",
+        latent_reconstructor(flow, args.steps, gamma, lr),
+        evaluation,
+        args.batch_size,
+        device,
+        details={"gamma": gamma, "lr": lr, "steps": args.steps},
+    )
+    _print_results([result], evaluation, args.out, f"latent-{args.setting}")
+    return 0
+
+
+def command_reproduce(args: argparse.Namespace) -> int:
+    """The whole pipeline: prior, every method and task, evaluation, results.md."""
+
+    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    reproduce(args.preset, args.data, args.out, args.device, tasks, tuple(args.set or ()))
+    return 0
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+
+    parser.add_argument("--data", required=True, help="the CelebA data (e.g. ../shared/data)")
+    parser.add_argument("--setting", choices=SETTINGS, default="in-distribution")
+    parser.add_argument("--max-images", type=int, default=0, help="0: the whole test split")
+    parser.add_argument("--ood-data", help="images for ood-images (default: DATA/anime64.npz)")
+    parser.add_argument("--seed", type=int, default=2022, help="seed of the test measurements")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="write SETTING.json and SETTING.csv here")
+
+
+def add_task_commands(commands: Any) -> None:
+    """Register ``train``, ``evaluate`` and ``solve-latent`` on the subparsers ``commands``."""
+
+    task_help = f"{' | '.join(TASK_KINDS)} (at --preset) or a TOML file with a [task] table"
+    train = commands.add_parser("train", help="train the unrolled network for a task")
+    train.add_argument("--task", required=True, help=task_help)
+    train.add_argument("--prox", choices=PROX_KINDS, default="glow")
+    train.add_argument("--preset", choices=PRESET_NAMES, default="small")
+    train.add_argument("--config", type=Path, help="a TOML file instead of the preset")
+    train.add_argument("--prior", type=Path, help="the pre-trained prior (best.pt)")
+    train.add_argument("--init-from", type=Path, help="start the prox from this run (denoiser)")
+    train.add_argument("--data", help="an .npz file, a data directory or an image folder")
+    train.add_argument("--out", type=Path, required=True, help="the run directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--device", help="overrides train.device")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value")
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="PSNR/SSIM of trained networks and reference methods"
+    )
+    evaluate.add_argument("--checkpoint", nargs="+", help="unrolled checkpoints of one task")
+    evaluate.add_argument("--task", help="without checkpoints: " + task_help)
+    evaluate.add_argument("--preset", choices=PRESET_NAMES, default="small")
+    evaluate.add_argument("--resolution", type=int, default=32, help="without checkpoints")
+    evaluate.add_argument("--no-classical", action="store_true", help="skip the classical method")
+    evaluate.add_argument("--latent-prior", help="also run latent optimisation with this prior")
+    evaluate.add_argument("--latent-steps", type=int, default=50)
+    evaluate.add_argument("--latent-gamma", type=float, help="default: tuned on val")
+    evaluate.add_argument("--latent-lr", type=float, help="default: tuned on val")
+    _add_data_arguments(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
+
+    latent = commands.add_parser(
+        "solve-latent", help="latent optimisation with a pre-trained flow (Asim et al.)"
+    )
+    latent.add_argument("--prior", required=True, help="the pre-trained prior (best.pt)")
+    latent.add_argument("--task", required=True, help=task_help)
+    latent.add_argument("--preset", choices=PRESET_NAMES, default="small")
+    latent.add_argument("--steps", type=int, default=50, help="Adam iterations T")
+    latent.add_argument("--gamma", type=float, help="weight of ||z||^2 (default: tuned on val)")
+    latent.add_argument("--lr", type=float, help="Adam learning rate (default: tuned on val)")
+    _add_data_arguments(latent)
+    latent.set_defaults(handler=command_solve_latent)
+
+    repro = commands.add_parser(
+        "reproduce", help="the paper's tables in one command (resumable, stage by stage)"
+    )
+    repro.add_argument("--preset", choices=PRESET_NAMES, default="small")
+    repro.add_argument("--data", required=True, help="the data directory (celeba64.npz etc.)")
+    repro.add_argument("--out", type=Path, required=True, help="the reproduction directory")
+    repro.add_argument("--device", default="cpu")
+    repro.add_argument("--tasks", help="comma-separated subset of the tasks (default: all)")
+    repro.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override every training config"
+    )
+    repro.set_defaults(handler=command_reproduce)

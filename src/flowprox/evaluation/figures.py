@@ -1,0 +1,57 @@
+"""Figures in the manner of the paper's Figs. 2-4: rows of test images, one column per method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from flowprox.metrics.quality import psnr  # noqa: E402
+
+
+def comparison_figure(
+    x: Tensor,
+    columns: Sequence[tuple[str, Tensor]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Ground truth then each ``(name, images)`` column, with PSNR (dB) under every image.
+
+    Args:
+        x: ground-truth images ``(N, C, H, W)`` in [0, 1], one row each.
+        columns: ``(name, images)`` pairs, images of the same shape (measurement, methods).
+        path: the PNG file to write.
+        title: a title above the grid.
+    """
+    rows = x.shape[0]
+    width = 1 + len(columns)
+    figure, axes = plt.subplots(
+        rows, width, figsize=(1.35 * width, 1.45 * rows + 0.6), squeeze=False
+    )
+    for row in range(rows):
+        panels = [("ground truth", x[row], None)]
+        for name, images in columns:
+            value = float(psnr(images[row : row + 1], x[row : row + 1])[0])
+            panels.append((name, images[row], value))
+        for column, (name, image, value) in enumerate(panels):
+            axis = axes[row][column]
+            axis.imshow(image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(name, fontsize=7)
+            if value is not None:
+                axis.set_xlabel(f"{value:.2f} dB", fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return path

@@ -1,0 +1,94 @@
+"""Where a reproduction keeps its stages, and the training config of each of its runs.
+
+``Reproduction`` is what the evaluation and report stages read: the preset, the data, the
+tasks, the run directories and the stage marks. ``flowprox.experiments.pipeline`` runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from flowprox.config import UnrolledExperiment, apply_overrides, config_from_dict, config_to_dict
+from flowprox.experiments.plan import REPRODUCE_PRESETS, TASKS, Method
+from flowprox.physics.tasks import task_preset
+from flowprox.training.configs import unrolled_config
+
+
+class Reproduction:
+    """The stages of one reproduction in ``out``: its settings and where each result lies."""
+
+    def __init__(
+        self,
+        preset: str,
+        data: str | Path,
+        out: str | Path,
+        device: str = "cpu",
+        tasks: tuple[str, ...] = TASKS,
+        overrides: tuple[str, ...] = (),
+    ) -> None:
+        if preset not in REPRODUCE_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {list(REPRODUCE_PRESETS)}.")
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}.")
+        self.preset = preset
+        self.settings = REPRODUCE_PRESETS[preset]
+        self.data = str(data)
+        self.out = Path(out)
+        self.device = device
+        self.tasks = tasks
+        self.overrides = overrides
+
+    @property
+    def prior_checkpoint(self) -> Path:
+        return self.out / "prior" / "checkpoints" / "best.pt"
+
+    def run_dir(self, task: str, method: str) -> Path:
+        return self.out / "train" / task / method
+
+    def train_config(self, task: str, method: Method) -> UnrolledExperiment:
+        """The experiment of ``method`` on ``task`` with this preset's budgets and settings,
+        then the command line's ``--set`` overrides."""
+        budget, settings = self.settings.training, self.settings.tasks
+        kind = "deblur" if task == "deblur-small-support" else task
+        init_from = None
+        if method.from_denoiser:
+            base = method.key.removesuffix("-denoiser")
+            init_from = self.run_dir("denoise", base) / "checkpoints" / "best.pt"
+        config = unrolled_config(
+            kind, method.prox.value, self.preset, data=self.data, prior=self.prior_checkpoint,
+            init_from=init_from, device=self.device,
+        )  # fmt: skip
+        train = dataclasses.replace(config.train, lr=budget.lr(method.prox))
+        if budget.minutes(method.prox) > 0:
+            train = dataclasses.replace(train, time_limit_minutes=budget.minutes(method.prox))
+        if budget.max_steps > 0:
+            train = dataclasses.replace(train, max_steps=budget.max_steps)
+        model = config.model
+        if kind == "denoise" and method.is_flow and settings.denoise_flow_mu_init > 0:
+            model = dataclasses.replace(model, mu_init=settings.denoise_flow_mu_init)
+        task_config = config.task
+        if task == "deblur-small-support":
+            task_config = dataclasses.replace(
+                task_preset(self.preset, "deblur"), kernel_size=settings.small_support_kernel
+            )
+        config = dataclasses.replace(config, train=train, model=model, task=task_config)
+        if self.overrides:
+            values = apply_overrides(config_to_dict(config), list(self.overrides))
+            config = config_from_dict(UnrolledExperiment, values)
+        return dataclasses.replace(config, name=f"{method.key}-{task}")
+
+    def trained(self, task: str, key: str) -> bool:
+        """Whether the run of method ``key`` on ``task`` left a best checkpoint."""
+        return (self.run_dir(task, key) / "checkpoints" / "best.pt").is_file()
+
+    def failures(self) -> dict[str, str]:
+        """Failed training stages and why, from the stage marks."""
+        found = {}
+        for mark in sorted((self.out / "stages").glob("train-*.json")):
+            info = json.loads(mark.read_text())
+            if "failed" in info:
+                found[mark.stem.removeprefix("train-")] = info["failed"]
+        return found

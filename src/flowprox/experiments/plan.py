@@ -1,0 +1,182 @@
+"""The plan of ``flowprox reproduce``: its tasks, its methods, and the budgets of each preset.
+
+Budgets (training steps or minutes, learning rates, evaluation sizes) are kept apart from the
+per-task model settings a preset changes (a kernel support, a step size to start from).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import date
+
+import torch
+
+from flowprox.config import ProxKind
+
+TASKS = ("denoise", "inpaint", "deblur", "deblur-small-support")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One learned method of the tables."""
+
+    key: str
+    prox: ProxKind
+    label: str
+    from_denoiser: bool = False
+
+    @property
+    def is_flow(self) -> bool:
+        """Whether its prox is a flow (fine-tuned or plug-and-play)."""
+        return self.prox in ProxKind.flows()
+
+
+METHODS = (
+    Method("resnet", ProxKind.RESNET, "ResNet prox"),
+    Method("resnet-denoiser", ProxKind.RESNET, "ResNet prox, pre-trained as denoiser", True),
+    Method("unet", ProxKind.UNET, "U-Net prox"),
+    Method("unet-denoiser", ProxKind.UNET, "U-Net prox, pre-trained as denoiser", True),
+    Method("glow", ProxKind.GLOW, "GLOW prox (proposed)"),
+    Method("pnp-glow", ProxKind.PNP_GLOW, "GLOW plug-and-play"),
+)
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """How long and how fast each training stage runs (minutes 0 = the training preset's own)."""
+
+    glow_minutes: float = 0.0
+    pnp_minutes: float = 0.0
+    cnn_minutes: float = 0.0
+    flow_lr: float = 1e-5
+    cnn_lr: float = 1e-5
+    max_steps: int = 0
+
+    def minutes(self, prox: ProxKind) -> float:
+        """The time limit of a run of ``prox``."""
+        if prox is ProxKind.GLOW:
+            return self.glow_minutes
+        if prox is ProxKind.PNP_GLOW:
+            return self.pnp_minutes
+        return self.cnn_minutes
+
+    def lr(self, prox: ProxKind) -> float:
+        """The learning rate of a run of ``prox``."""
+        return self.flow_lr if prox in ProxKind.flows() else self.cnn_lr
+
+
+@dataclass(frozen=True)
+class EvaluationBudget:
+    """How many images the evaluation stages score, and how long latent optimisation runs."""
+
+    eval_images: int = 0
+    anime_images: int = 100
+    anime_all: bool = True
+    latent_steps: int = 50
+    latent_val_images: int = 16
+    figure_rows: int = 4
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The per-task model settings of a preset."""
+
+    small_support_kernel: int = 5
+    # Initial step size of the flow proxes for denoising (0 = 1 / ||A||^2 = 1). With mu_1 = 1
+    # the first flow sees the noisy image itself: with the small prior (5 bits, scale floor
+    # 0.1) the untrained network is finite on 32 val images, but training skipped most steps
+    # for NaN and stopped. At 0.2 (first fold's noise 0.04) 100 steps ran with none skipped.
+    denoise_flow_mu_init: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReproducePreset:
+    """One reproduction preset: training and evaluation budgets, and per-task settings."""
+
+    training: TrainingBudget = field(default_factory=TrainingBudget)
+    evaluation: EvaluationBudget = field(default_factory=EvaluationBudget)
+    tasks: TaskSettings = field(default_factory=TaskSettings)
+
+
+REPRODUCE_PRESETS = {
+    "tiny": ReproducePreset(
+        TrainingBudget(flow_lr=1e-3, cnn_lr=3e-3, max_steps=10),
+        EvaluationBudget(
+            eval_images=16,
+            anime_images=8,
+            anime_all=False,
+            latent_steps=5,
+            latent_val_images=4,
+            figure_rows=2,
+        ),
+        TaskSettings(small_support_kernel=3),
+    ),
+    "small": ReproducePreset(
+        TrainingBudget(
+            glow_minutes=2.5, pnp_minutes=1.5, cnn_minutes=1.5, flow_lr=1e-4, cnn_lr=1e-3
+        ),
+        EvaluationBudget(eval_images=200, anime_images=100, anime_all=True),
+        TaskSettings(small_support_kernel=3, denoise_flow_mu_init=0.2),
+    ),
+    "paper": ReproducePreset(),
+}
+
+
+def methods_for(task: str) -> list[Method]:
+    """The methods trained for ``task`` (no denoiser variants for denoising itself; the extra
+    small-support deblurring column has the three proxes of Table I)."""
+    if task == "denoise":
+        return [m for m in METHODS if not m.from_denoiser]
+    if task == "deblur-small-support":
+        return [m for m in METHODS if m.key in ("resnet", "unet", "glow")]
+    return list(METHODS)
+
+
+def machine_description() -> str:
+    """CPU/GPU, core count and versions, for the report."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}; {date.today().isoformat()}"
+    )
+
+
+#: the pseudo-setting that scores Table IV's three proxes on every anime image (the
+#: ``ood-images`` setting scores a random subset, with every method and the references)
+ALL_ANIME = "ood-images-all"
+#: the methods scored on every anime image
+ALL_ANIME_METHODS = ("resnet", "unet", "glow")
+
+
+@dataclass(frozen=True)
+class EvaluationStage:
+    """One results file of a task's evaluation: which images, which methods."""
+
+    name: str  # the file stem under eval/TASK/ (a setting, or ALL_ANIME)
+    setting: str  # the evaluation setting its images and measurements come from
+    images: int  # 0 = all
+    references: bool  # the measurement and the classical reference (and latent opt. in dist.)
+    method_keys: tuple[str, ...] | None = None  # None = every trained method
+    figure: bool = True
+
+    def includes(self, key: str) -> bool:
+        return self.method_keys is None or key in self.method_keys
+
+
+def evaluation_stages(task: str, budget: EvaluationBudget) -> list[EvaluationStage]:
+    """The results files of ``task``: in distribution; for the paper's three tasks also
+    out-of-distribution measurements and images (and every anime image when asked)."""
+    stages = [EvaluationStage("in-distribution", "in-distribution", budget.eval_images, True)]
+    if task == "deblur-small-support":
+        return stages
+    stages += [
+        EvaluationStage("ood-measurement", "ood-measurement", budget.eval_images, True),
+        EvaluationStage("ood-images", "ood-images", budget.anime_images, True),
+    ]
+    if budget.anime_all:
+        stages.append(
+            EvaluationStage(ALL_ANIME, "ood-images", 0, False, ALL_ANIME_METHODS, figure=False)
+        )
+    return stages

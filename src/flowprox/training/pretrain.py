@@ -1,0 +1,229 @@
+"""Maximum-likelihood pre-training of the Glow prior (``flowprox pretrain``).
+
+Loss: bits per dimension of uniformly dequantised ``n_bits`` images (``flows.dequantization``).
+Validation: bits per dimension at the bin midpoints (deterministic, no dequantisation noise), a
+full pass over the validation split (or its first ``val_images``). Adam or Adamax with linear
+warm-up and gradient-norm clipping; ActNorm's data-dependent initialisation runs once on
+``init_batch_size`` training images, identical on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from flowprox.config import PriorExperiment, config_to_dict
+from flowprox.data.datasets import ImageDataset, describe, load_splits
+from flowprox.flows import Glow
+from flowprox.flows.dequantization import bits_per_dim, dequantize
+from flowprox.models.prior import build_glow
+from flowprox.training.distributed import (
+    DistributedContext,
+    cleanup_distributed,
+    setup_distributed,
+    wrap_model,
+)
+from flowprox.training.rundir import RunDirectory
+from flowprox.training.trainer import (
+    StepBatchSampler,
+    Trainer,
+    batches,
+    loop_settings,
+    step_generator,
+)
+
+#: config keys that may change when a run is resumed (a longer run, another time budget, workers)
+RESUMABLE_KEYS = (
+    "train.max_steps",
+    "train.time_limit_minutes",
+    "data.num_workers",
+    "train.device",
+)
+
+
+@torch.no_grad()
+def evaluate_bits_per_dim(
+    glow: Glow,
+    dataset: ImageDataset,
+    n_bits: int,
+    batch_size: int = 256,
+    max_images: int = 0,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Mean bits/dim over ``dataset`` at the bin midpoints (deterministic)."""
+    count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
+    total = 0.0
+    for start in range(0, count, batch_size):
+        x = torch.stack([dataset[i] for i in range(start, min(start + batch_size, count))])
+        x = x.to(device)
+        total += float(glow.bits_per_dim(x, n_bits, dequantize_noise=False).sum())
+    return total / count
+
+
+def initialize_actnorm(glow: Glow, images: Tensor, n_bits: int, seed: int) -> None:
+    """Run one forward pass in training mode so every ActNorm initialises from ``images``."""
+    noise = torch.rand(images.shape, generator=step_generator(seed, -(10**6)))
+    glow.train()
+    with torch.no_grad():
+        glow(dequantize(images, n_bits, noise=noise.to(images.device)))
+
+
+def pretrain_prior(
+    config: PriorExperiment,
+    out: str | Path,
+    resume: bool = False,
+    argv: Sequence[str] | None = None,
+) -> Path:
+    """Pre-train a Glow prior by maximum likelihood; returns the run directory.
+
+    Launched under ``torchrun`` it trains with DDP (gloo on CPU, NCCL on GPU): the global batch
+    ``train.batch_size`` is split over the ranks.
+    """
+    context = setup_distributed(config.train.device)
+    try:
+        return _pretrain(config, Path(out), resume, argv, context)
+    finally:
+        cleanup_distributed()
+
+
+def _pretrain(
+    config: PriorExperiment,
+    out: Path,
+    resume: bool,
+    argv: Sequence[str] | None,
+    context: DistributedContext,
+) -> Path:
+    train_config = config.train
+    if config.model.image_size != config.data.resolution:
+        raise ValueError(
+            f"model.image_size = {config.model.image_size} differs from data.resolution = "
+            f"{config.data.resolution}; set both to the same size."
+        )
+    if train_config.batch_size % context.world_size:
+        raise ValueError(
+            f"train.batch_size = {train_config.batch_size} is not divisible by the "
+            f"{context.world_size} processes; use a multiple of {context.world_size}."
+        )
+    run_dir = RunDirectory(out, enabled=context.is_main, resume=resume)
+    config_dict = config_to_dict(config)
+    run_dir.write_config(config_dict)
+    run_dir.write_command(argv)
+
+    splits = load_splits(config.data)
+    if "train" not in splits or "val" not in splits:
+        raise ValueError(
+            f"{config.data.path} has no train/val split; pre-training needs both "
+            "(an .npz with train and val arrays, or an image folder)."
+        )
+    if context.is_main:
+        print(f"data: {describe(splits)}")
+    train_set, val_set = splits["train"], splits["val"]
+
+    torch.manual_seed(config.seed)
+    glow = build_glow(config.model).to(context.device)
+    if context.is_main:
+        parameters = sum(p.numel() for p in glow.parameters())
+        print(f"Glow prior: {parameters:,} parameters ({parameters / 1e6:.2f} M)")
+    if not resume:
+        init_sampler = StepBatchSampler(
+            len(train_set), min(train_config.init_batch_size, len(train_set)), config.seed
+        )
+        init_images = torch.stack([train_set[i] for i in init_sampler.global_indices(0)])
+        initialize_actnorm(glow, init_images.to(context.device), train_config.n_bits, config.seed)
+
+    model = wrap_model(glow, context)
+    optimizer = make_optimizer(train_config.optimizer, glow, train_config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        learning_rate_factor(
+            train_config.lr_schedule,
+            train_config.warmup_steps,
+            train_config.max_steps,
+            train_config.final_lr_fraction,
+        ),
+    )
+    settings = loop_settings(train_config)
+    trainer = Trainer(
+        model,
+        optimizer,
+        scheduler,
+        settings,
+        run_dir,
+        context,
+        kind="prior",
+        config=config_dict,
+        metric_fields=("val_bpd",),
+    )
+    if resume:
+        trainer.resume(RESUMABLE_KEYS)
+
+    sampler = StepBatchSampler(
+        len(train_set),
+        train_config.batch_size,
+        config.seed,
+        start_step=trainer.step,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+    n_bits = train_config.n_bits
+    image_shape = train_set[0].shape
+
+    def loss_fn(model: nn.Module, x: Tensor, step: int) -> Tensor:
+        noise = torch.rand(
+            (train_config.batch_size, *image_shape), generator=step_generator(config.seed, step)
+        )[context.rank :: context.world_size]
+        z, logdet = model(dequantize(x, n_bits, noise=noise.to(x.device)))
+        log_prob = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(dim=1) + logdet
+        return bits_per_dim(log_prob, x[0].numel(), n_bits).mean()
+
+    def evaluate(glow_module: nn.Module) -> dict[str, float]:
+        val_bpd = evaluate_bits_per_dim(
+            glow_module,  # type: ignore[arg-type]
+            val_set,
+            n_bits,
+            train_config.eval_batch_size,
+            train_config.val_images,
+            context.device,
+        )
+        return {"score": val_bpd, "val_bpd": val_bpd}
+
+    trainer.fit(
+        batches(train_set, sampler, config.data.num_workers, context.device), loss_fn, evaluate
+    )
+    return out
+
+
+def learning_rate_factor(
+    schedule: str, warmup_steps: int, max_steps: int, final_fraction: float = 0.0
+) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at each step.
+
+    Linear warm-up over ``warmup_steps``, then ``"constant"`` (1), or ``"cosine"`` decay from 1 to
+    ``final_fraction`` at ``max_steps`` (step-based, so a resumed run follows the same curve).
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {schedule!r}; use 'constant' or 'cosine'.")
+    warmup = max(warmup_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(max_steps - warmup, 1))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam or Adamax over ``model``'s parameters (``train.optimizer``)."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "adamax":
+        return torch.optim.Adamax(model.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'adamax'.")

@@ -1,0 +1,1 @@
+"""Utilities every layer may use: input validation, image files, peak memory, checkpoints."""
