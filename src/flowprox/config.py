@@ -152,9 +152,18 @@ class ProxKind(str, Enum):
 class UnrolledModelConfig:
     """The unrolled network around one kind of prox (paper section III-B and V-C).
 
-    ``prox``: a ``ProxKind`` value (for ``pnp-glow`` only ``mu_k``, ``lambda_k`` train).
-    ``mu_init = 0`` means ``1 / ||A||^2`` (power method).
-    ``initial_estimate`` ``"auto"`` is ``g_0(0)`` for the flow proxes and ``A^T y`` for the CNNs.
+    ``prox``: a ``ProxKind`` value (for ``pnp-glow`` only the step parameters train).
+    ``data_step``: ``"proximal"`` (the exact data prox with a learned ``rho_k``, half-quadratic
+    splitting) or ``"gradient"`` (paper eq. 8 with a learned ``mu_k``). ``final``: ``"prox"``
+    (the last fold has a learned prox of its own) or ``"data-step"`` (the output is the last
+    data step, eq. 12 as we read it); every prox kind honours both alike.
+    ``rho_init = 0`` means the rule ``max((sigma_n / rho_prox_sigma)^2, rho_floor)``: the data
+    step then hands the prox an image whose noise is about ``rho_prox_sigma`` (DPIR's rule
+    ``rho = sigma_n^2 / sigma_k^2``), with a floor for noise-free tasks. ``mu_init = 0`` means
+    ``1 / (||A||^2 (1 + rho_0))`` with that ``rho_0``: the gradient step with the same effect on
+    the noise. Both keep a share of their input, so no fold is dead (docs/DESIGN.md).
+    ``initial_estimate`` ``"auto"`` is the prior's mode ``g_0(0)`` for every prox kind (zeros
+    for a CNN trained without a prior); ``"adjoint"`` (``A^T y``) and ``"zeros"`` on request.
     """
 
     prox: str = ProxKind.GLOW.value
@@ -169,6 +178,11 @@ class UnrolledModelConfig:
     resnet_blocks: int = 2
     unet_base: int = 64
     unet_depth: int = 4
+    data_step: str = "proximal"
+    final: str = "prox"
+    rho_init: float = 0.0
+    rho_prox_sigma: float = 0.1
+    rho_floor: float = 1e-4
 
 
 @dataclass(frozen=True)

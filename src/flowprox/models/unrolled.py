@@ -18,10 +18,12 @@ from flowprox.config import ProxKind, UnrolledExperiment, config_from_dict
 from flowprox.flows import Glow
 from flowprox.models.cnn import ResNetProxNet, UNet
 from flowprox.models.prior import build_glow
-from flowprox.optim.prox import NetworkProx, Prox
+from flowprox.optim.prox import NetworkProx
 from flowprox.optim.unrolled import (
+    DATA_STEPS,
     UnrolledProximalGradient,
     flow_unrolled_network,
+    fold_proxes,
     step_size_from_operator,
 )
 from flowprox.physics.operators import LinearOperator
@@ -50,52 +52,97 @@ def cnn_network(config: UnrolledExperiment) -> nn.Module:
     raise ValueError(f"{model.prox!r} is not a CNN prox; use 'resnet' or 'unet'.")
 
 
+FINALS = ("prox", "data-step")
+
+
+def initial_rho(config: UnrolledExperiment) -> float:
+    """``rho_0``: ``model.rho_init``, or the rule ``max((sigma_n / rho_prox_sigma)^2,
+    rho_floor)`` when it is 0 (see ``UnrolledModelConfig``)."""
+    model = config.model
+    if model.rho_init > 0:
+        return model.rho_init
+    if not (model.rho_prox_sigma > 0 and model.rho_floor > 0):
+        raise ValueError(
+            f"model.rho_prox_sigma ({model.rho_prox_sigma}) and model.rho_floor "
+            f"({model.rho_floor}) must be > 0; e.g. 0.1 and 1e-4, or set model.rho_init > 0."
+        )
+    return max((config.task.sigma_n / model.rho_prox_sigma) ** 2, model.rho_floor)
+
+
+def initial_mu(config: UnrolledExperiment, op: LinearOperator) -> float:
+    """``mu_0``: ``model.mu_init``, or ``1 / (||A||^2 (1 + rho_0))`` when it is 0."""
+    if config.model.mu_init > 0:
+        return config.model.mu_init
+    size = config.data.resolution
+    shape = (config.prior_model.in_channels, size, size)
+    return step_size_from_operator(op, shape) / (1.0 + initial_rho(config))
+
+
+def initial_estimate(config: UnrolledExperiment, prior: Glow | None = None) -> str:
+    """``x_0``: ``model.initial_estimate``, or for ``"auto"`` the same image for every prox kind,
+    the prior's mode ``g_0(0)`` (or zeros when no prior is given). Never ``A^T y``: for
+    denoising and inpainting that is a fixed point of the data step, which then returns it
+    whatever its step parameter, and the fold's step parameter gets no gradient."""
+    chosen = config.model.initial_estimate
+    if chosen != "auto":
+        return chosen
+    has_prior = prior is not None or bool(config.prior)
+    return "prior_mode" if has_prior or config.model.prox in ProxKind.flows() else "zeros"
+
+
 def build_unrolled(
     config: UnrolledExperiment, op: LinearOperator, prior: Glow | None = None
 ) -> UnrolledProximalGradient:
-    """The unrolled network of ``config`` for operator ``op``.
+    """The unrolled network of ``config`` for operator ``op``: ``model.num_folds`` folds, each a
+    data step (``model.data_step``) then a prox of kind ``model.prox``, the last fold's prox
+    learned or not by ``model.final``, alike for every prox kind.
 
     Args:
-        config: the experiment (``model.prox`` selects the prox).
-        op: the task's operator; ``mu_k`` starts at ``1 / ||A||^2`` unless ``model.mu_init > 0``.
+        config: the experiment.
+        op: the task's operator (for ``mu_0 = 1 / (||A||^2 (1 + rho_0))``).
         prior: the pre-trained flow. When None an untrained flow of ``config.prior_model`` is
             built (only right when a checkpoint's weights are loaded next).
     """
     model = config.model
     if model.prox not in PROX_KINDS:
         raise ValueError(f"unknown prox {model.prox!r}; choose one of {PROX_KINDS}.")
-    needs_prior = model.prox in ProxKind.flows() or model.initial_estimate == "prior_mode"
-    if prior is None and needs_prior:
+    if model.final not in FINALS:
+        raise ValueError(f"unknown model.final {model.final!r}; choose one of {FINALS}.")
+    if model.data_step not in DATA_STEPS:
+        raise ValueError(
+            f"unknown model.data_step {model.data_step!r}; choose one of {DATA_STEPS}."
+        )
+    initial = initial_estimate(config, prior)
+    if prior is None and (model.prox in ProxKind.flows() or initial == "prior_mode"):
         prior = build_glow(config.prior_model)
-    size = config.data.resolution
-    shape = (config.prior_model.in_channels, size, size)
-    mu_init = model.mu_init if model.mu_init > 0 else step_size_from_operator(op, shape)
-    initial = model.initial_estimate
+    steps = {
+        "mu_init": initial_mu(config, op) if model.data_step == "gradient" else 1.0,
+        "lambda_init": model.lambda_init,
+        "data_step": model.data_step,
+        "rho_init": initial_rho(config),
+    }
+    final_prox = model.final == "prox"
     if model.prox in ProxKind.flows():
         network = flow_unrolled_network(
             cast(Glow, prior),  # built above when not given
             num_folds=model.num_folds,
-            mu_init=mu_init,
-            lambda_init=model.lambda_init,
             shrinkage=model.shrinkage,  # type: ignore[arg-type]
             tied=model.tied,
             freeze_flow=model.prox == ProxKind.PNP_GLOW,
             memory_saving=model.memory_saving,
+            shrink_last_fold=final_prox,
+            **steps,  # type: ignore[arg-type]
         )
-        if initial not in ("auto", "prior_mode"):
+        if initial != "prior_mode":
             network.initial_estimate = initial
         return network
-    if model.tied:
-        shared = NetworkProx(cnn_network(config))
-        proxes: list[Prox] = [shared] * model.num_folds
-    else:
-        proxes = [NetworkProx(cnn_network(config)) for _ in range(model.num_folds)]
     return UnrolledProximalGradient(
-        proxes,
-        mu_init,
-        model.lambda_init,
-        initial_estimate="adjoint" if initial == "auto" else initial,  # type: ignore[arg-type]
+        fold_proxes(
+            lambda: NetworkProx(cnn_network(config)), model.num_folds, final_prox, model.tied
+        ),  # fmt: skip
+        initial_estimate=initial,  # type: ignore[arg-type]
         prior=prior,
+        **steps,  # type: ignore[arg-type]
     )
 
 
@@ -107,7 +154,7 @@ def trainable_parameters(network: UnrolledProximalGradient) -> dict[str, int]:
         params = [p for p in prox.parameters() if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in params)
         per_fold.append(sum(p.numel() for p in params))
-    steps = sum(p.numel() for p in (network.mu_raw, network.lambda_raw) if p is not None)
+    steps = sum(p.numel() for p in network.step_parameters())
     return {
         "per_fold_max": max(per_fold),
         "folds": sum(per_fold),
@@ -121,9 +168,24 @@ def describe_parameters(prox: str, network: UnrolledProximalGradient) -> str:
     counts = trainable_parameters(network)
     return (
         f"{prox}: {counts['total']:,} trainable parameters ({counts['total'] / 1e6:.3f} M; "
-        f"largest fold {counts['per_fold_max']:,}, mu/lambda {counts['steps']}); "
+        f"largest fold {counts['per_fold_max']:,}, step parameters {counts['steps']}); "
         f"journal: {JOURNAL_PARAMETERS[ProxKind(prox)]} at the paper's widths"
     )
+
+
+def saved_config(payload: dict[str, Any]) -> UnrolledExperiment:
+    """The experiment of an unrolled checkpoint. Checkpoints written before ``model.data_step``
+    and ``model.final`` existed had gradient data steps, and a last fold without a flow for the
+    flow proxes but with a CNN for the CNN proxes: those settings are filled in."""
+    values = {**payload["config"], "model": dict(payload["config"]["model"])}
+    model = values["model"]
+    if "data_step" not in model:
+        model["data_step"] = "gradient"
+        flow = model.get("prox", ProxKind.GLOW.value) in ProxKind.flows()
+        model.setdefault("final", "data-step" if flow else "prox")
+        if not flow and model.get("initial_estimate", "auto") == "auto":
+            model["initial_estimate"] = "adjoint"
+    return config_from_dict(UnrolledExperiment, values)
 
 
 def load_unrolled(
@@ -131,7 +193,7 @@ def load_unrolled(
 ) -> tuple[UnrolledProximalGradient, UnrolledExperiment]:
     """A trained unrolled network from its checkpoint, in eval mode, and its experiment config."""
     payload = load_checkpoint(path, kind="unrolled")
-    config = config_from_dict(UnrolledExperiment, payload["config"])
+    config = saved_config(payload)
     if op is None:
         op = build_operator(config.task, config.data.resolution, config.prior_model.in_channels)
     network = build_unrolled(config, op)
@@ -149,7 +211,7 @@ def load_prox_weights(
     the new task. The source must have the same prox kind and architecture.
     """
     payload = load_checkpoint(path, kind="unrolled")
-    source = config_from_dict(UnrolledExperiment, payload["config"])
+    source = saved_config(payload)
     mine, theirs = config.model, source.model
     keys = (
         "prox",

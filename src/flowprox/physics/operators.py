@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowprox.physics.data_prox import DataProxCG, check_rho
 from flowprox.utils.validation import check_image_batch
 
 __all__ = ["LinearOperator", "Identity", "Mask", "GaussianBlur", "gaussian_kernel"]
@@ -119,6 +120,33 @@ class LinearOperator(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Same as :meth:`A`, so that ``op(x)`` works."""
         return self.A(x)
+
+    def prox_data(self, x: Tensor, y: Tensor, rho: Tensor | float, max_iter: int = 500) -> Tensor:
+        """The proximal operator of the data term, the data step of half-quadratic splitting:
+
+            argmin_u 1/2 ||A u - y||^2 + rho/2 ||u - x||^2 = (A^T A + rho I)^-1 (A^T y + rho x).
+
+        Closed form for ``Identity``, ``Mask`` and the circular ``GaussianBlur``; conjugate
+        gradients with the exact adjoint (differentiated implicitly) for any other operator.
+        Differentiable in ``x``, ``y`` and ``rho``.
+
+        Args:
+            x: Images ``(B, C, H, W)`` (the point the step stays close to).
+            y: Measurements ``measurement_shape(x.shape)``.
+            rho: Weight of the proximity term: a positive number, or a tensor with one value
+                or one per image.
+            max_iter: Iteration limit of conjugate gradients (operators without a closed form).
+
+        Raises:
+            ValueError: If ``rho`` is not finite and positive.
+        """
+        x = _check_image(x, "x")
+        y = _check_image(y, "y")
+        return self._prox_data(x, y, check_rho(rho, x.shape[0]), max_iter)
+
+    def _prox_data(self, x: Tensor, y: Tensor, rho: Tensor | float, max_iter: int) -> Tensor:
+        rho_tensor = rho if isinstance(rho, Tensor) else x.new_tensor(rho)
+        return DataProxCG.apply(x, y, rho_tensor.to(x.dtype), self, max_iter)
 
     def measurement_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape of ``A x`` for an image batch of shape ``x_shape`` (here: the same shape)."""
@@ -199,6 +227,11 @@ class Identity(LinearOperator):
 
     def _A_adjoint(self, y: Tensor) -> Tensor:
         return y
+
+    def _prox_data(self, x: Tensor, y: Tensor, rho: Tensor | float, max_iter: int) -> Tensor:
+        # (y + rho x) / (1 + rho), written as a correction of x: its derivatives carry no
+        # cancellation error.
+        return x + (y - x) / (1 + rho)
 
 
 class Mask(LinearOperator):
@@ -342,6 +375,12 @@ class Mask(LinearOperator):
 
     def _A_adjoint(self, y: Tensor) -> Tensor:
         return self._mask_for(y) * y
+
+    def _prox_data(self, x: Tensor, y: Tensor, rho: Tensor | float, max_iter: int) -> Tensor:
+        # A^T A = diag(m) with m in {0, 1}: observed pixels average y and x, missing ones keep x
+        # (exactly, and with an exactly zero derivative in rho there).
+        mask = self._mask_for(x)
+        return x + mask * (y - x) / (mask + rho)
 
 
 def gaussian_kernel(sigma_b: float, kernel_size: int | None = None) -> Tensor:
@@ -501,3 +540,13 @@ class GaussianBlur(LinearOperator):
         return F.conv_transpose2d(
             y, self._weight(y), padding=self.kernel_size // 2, groups=y.shape[1]
         )
+
+    def _prox_data(self, x: Tensor, y: Tensor, rho: Tensor | float, max_iter: int) -> Tensor:
+        if self.boundary != "circular":  # zero boundary: no diagonalising transform
+            return super()._prox_data(x, y, rho, max_iter)
+        # A = F^-1 diag(K) F, so A^T A + rho I = F^-1 diag(|K|^2 + rho) F; as a correction of
+        # x: u = x + F^-1 [conj(K) F(y - A x) / (|K|^2 + rho)].
+        height, width = x.shape[-2:]
+        spectrum = self._spectrum(height, width, x.dtype, x.device)
+        residual = torch.fft.rfft2(y - self._A(x)) * spectrum.conj()
+        return x + torch.fft.irfft2(residual / (spectrum.abs() ** 2 + rho), s=(height, width))

@@ -2,7 +2,8 @@
 
 Loss: ``mean ||x^ - x||^2`` between the network's reconstruction of ``y = A x + n`` and the
 clean image (paper section III-B), with fresh noise for every training batch. Adam with one
-learning rate for the prox networks and another for ``mu_k``, ``lambda_k``. Validation loss on
+learning rate for the prox networks and another for the step parameters (``mu_k`` or
+``rho_k``, ``lambda_k``). Validation loss on
 fixed-seed measurements of the validation split decides early stopping and the best
 checkpoint. The loop, checkpoints, resume, NaN guard and DDP are those of pre-training
 (``flowprox.training.trainer.Trainer``).
@@ -65,9 +66,9 @@ RESUMABLE_KEYS = (
 def make_unrolled_optimizer(
     network: UnrolledProximalGradient, config: UnrolledExperiment
 ) -> torch.optim.Adam:
-    """Adam: ``train.lr`` for the prox weights, ``train.lr_step`` for ``mu_k``, ``lambda_k``."""
+    """Adam: ``train.lr`` for the prox weights, ``train.lr_step`` for the step parameters."""
     train = config.train
-    step_params = [p for p in (network.mu_raw, network.lambda_raw) if p is not None]
+    step_params = network.step_parameters()
     step_ids = {id(p) for p in step_params}
     weights = [p for p in network.parameters() if p.requires_grad and id(p) not in step_ids]
     groups = [{"params": step_params, "lr": train.lr_step}]
@@ -149,7 +150,8 @@ def _train(
     if config.init_from and not resume:
         load_prox_weights(network, config, config.init_from)
     if context.is_main:
-        print(f"task: {task_label(config.task)}; mu_0 = {float(network.mu[0].detach()):.4g}")
+        steps = ", ".join(f"{k} = {v:.4g}" for k, v in network.step_summary().items() if "_1" in k)
+        print(f"task: {task_label(config.task)}; {config.model.data_step} data step; {steps}")
         print(describe_parameters(config.model.prox, network))
 
     model = wrap_model(network, context)
@@ -164,7 +166,7 @@ def _train(
         context,
         kind="unrolled",
         config=config_dict,
-        metric_fields=("val_loss", "val_psnr", "mu_1", "lambda_1"),
+        metric_fields=("val_loss", "val_psnr", "mu_1", "rho_1", "lambda_1"),
     )
     if resume:
         trainer.resume(RESUMABLE_KEYS)
@@ -196,13 +198,13 @@ def _train(
         except NonFiniteError:  # a diverged network: never the best checkpoint
             nan = float("nan")
             return {"score": math.inf, "val_loss": nan, "val_psnr": nan, "mu_1": nan,
-                    "lambda_1": nan}  # fmt: skip
+                    "rho_1": nan, "lambda_1": nan}  # fmt: skip
         val_loss = float(F.mse_loss(x_hat, x_val))
         metrics = {"score": val_loss, "val_loss": val_loss}
         metrics["val_psnr"] = float(psnr(x_hat, x_val).mean())
-        metrics["mu_1"] = float(network.mu[0])  # type: ignore[operator, index]
-        lambdas = network.lambda_  # type: ignore[union-attr]
-        metrics["lambda_1"] = float(lambdas[0]) if len(lambdas) else 0.0  # type: ignore[arg-type]
+        steps = network.step_summary()  # type: ignore[operator]
+        for name in ("mu_1", "rho_1", "lambda_1"):
+            metrics[name] = steps.get(name, 0.0)
         return metrics
 
     trainer.fit(
