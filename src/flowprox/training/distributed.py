@@ -33,6 +33,15 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def check_global_batch(batch_size: int, context: DistributedContext) -> None:
+    """Raise unless the global ``train.batch_size`` splits evenly over the processes."""
+    if batch_size % context.world_size:
+        raise ValueError(
+            f"train.batch_size = {batch_size} is not divisible by the "
+            f"{context.world_size} processes; use a multiple of {context.world_size}."
+        )
+
+
 def setup_distributed(device: str = "cpu") -> DistributedContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``).
 

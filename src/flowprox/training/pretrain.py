@@ -23,17 +23,18 @@ from flowprox.flows.dequantization import bits_per_dim, dequantize
 from flowprox.models.prior import build_glow
 from flowprox.training.distributed import (
     DistributedContext,
+    check_global_batch,
     cleanup_distributed,
     setup_distributed,
     wrap_model,
 )
-from flowprox.training.rundir import RunDirectory
+from flowprox.training.rundir import RunDirectory, open_run_directory
 from flowprox.training.trainer import (
     StepBatchSampler,
     Trainer,
-    batches,
     loop_settings,
     step_generator,
+    training_batches,
 )
 
 #: config keys that may change when a run is resumed (a longer run, another time budget, workers)
@@ -97,22 +98,40 @@ def _pretrain(
     argv: Sequence[str] | None,
     context: DistributedContext,
 ) -> Path:
-    train_config = config.train
+    """The steps of ``pretrain_prior`` in this process (one rank of a DDP run, or the only one)."""
+    _check_prior_config(config, context)
+    config_dict = config_to_dict(config)
+    run_dir = open_run_directory(out, config_dict, argv, context.is_main, resume)
+    train_set, val_set = _load_train_and_val(config, context)
+    glow = _build_initialized_glow(config, train_set, resume, context)
+    trainer = _make_prior_trainer(config, config_dict, glow, run_dir, context, resume)
+    objective = MaximumLikelihood(config, val_set, train_set[0].shape, context)
+    train_batches = training_batches(
+        train_set,
+        config.train.batch_size,
+        config.seed,
+        trainer.step,
+        config.data.num_workers,
+        context,
+    )
+    trainer.fit(train_batches, objective.loss, objective.evaluate)
+    return out
+
+
+def _check_prior_config(config: PriorExperiment, context: DistributedContext) -> None:
+    """Raise on a model size that is not the data's, or a batch the ranks cannot share."""
     if config.model.image_size != config.data.resolution:
         raise ValueError(
             f"model.image_size = {config.model.image_size} differs from data.resolution = "
             f"{config.data.resolution}; set both to the same size."
         )
-    if train_config.batch_size % context.world_size:
-        raise ValueError(
-            f"train.batch_size = {train_config.batch_size} is not divisible by the "
-            f"{context.world_size} processes; use a multiple of {context.world_size}."
-        )
-    run_dir = RunDirectory(out, enabled=context.is_main, resume=resume)
-    config_dict = config_to_dict(config)
-    run_dir.write_config(config_dict)
-    run_dir.write_command(argv)
+    check_global_batch(config.train.batch_size, context)
 
+
+def _load_train_and_val(
+    config: PriorExperiment, context: DistributedContext
+) -> tuple[ImageDataset, ImageDataset]:
+    """The training and validation splits of ``config.data`` (both are required)."""
     splits = load_splits(config.data)
     if "train" not in splits or "val" not in splits:
         raise ValueError(
@@ -121,20 +140,40 @@ def _pretrain(
         )
     if context.is_main:
         print(f"data: {describe(splits)}")
-    train_set, val_set = splits["train"], splits["val"]
+    return splits["train"], splits["val"]
 
+
+def _build_initialized_glow(
+    config: PriorExperiment, train_set: ImageDataset, resume: bool, context: DistributedContext
+) -> Glow:
+    """The Glow of ``config.model`` on the device, its ActNorms initialised unless resuming.
+
+    The weights are drawn after ``torch.manual_seed(config.seed)``; ActNorm's data-dependent
+    initialisation uses ``train.init_batch_size`` training images fixed by the seed.
+    """
     torch.manual_seed(config.seed)
     glow = build_glow(config.model).to(context.device)
     if context.is_main:
         parameters = sum(p.numel() for p in glow.parameters())
         print(f"Glow prior: {parameters:,} parameters ({parameters / 1e6:.2f} M)")
-    if not resume:
-        init_sampler = StepBatchSampler(
-            len(train_set), min(train_config.init_batch_size, len(train_set)), config.seed
-        )
+    if not resume:  # the checkpoint holds the initialised ActNorms
+        init_size = min(config.train.init_batch_size, len(train_set))
+        init_sampler = StepBatchSampler(len(train_set), init_size, config.seed)
         init_images = torch.stack([train_set[i] for i in init_sampler.global_indices(0)])
-        initialize_actnorm(glow, init_images.to(context.device), train_config.n_bits, config.seed)
+        initialize_actnorm(glow, init_images.to(context.device), config.train.n_bits, config.seed)
+    return glow
 
+
+def _make_prior_trainer(
+    config: PriorExperiment,
+    config_dict: dict,
+    glow: Glow,
+    run_dir: RunDirectory,
+    context: DistributedContext,
+    resume: bool,
+) -> Trainer:
+    """The trainer of ``glow`` (DDP-wrapped when distributed), resumed from ``last.pt`` if asked."""
+    train_config = config.train
     model = wrap_model(glow, context)
     optimizer = make_optimizer(train_config.optimizer, glow, train_config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -146,12 +185,11 @@ def _pretrain(
             train_config.final_lr_fraction,
         ),
     )
-    settings = loop_settings(train_config)
     trainer = Trainer(
         model,
         optimizer,
         scheduler,
-        settings,
+        loop_settings(train_config),
         run_dir,
         context,
         kind="prior",
@@ -160,41 +198,59 @@ def _pretrain(
     )
     if resume:
         trainer.resume(RESUMABLE_KEYS)
+    return trainer
 
-    sampler = StepBatchSampler(
-        len(train_set),
-        train_config.batch_size,
-        config.seed,
-        start_step=trainer.step,
-        rank=context.rank,
-        world_size=context.world_size,
-    )
-    n_bits = train_config.n_bits
-    image_shape = train_set[0].shape
 
-    def loss_fn(model: nn.Module, x: Tensor, step: int) -> Tensor:
-        noise = torch.rand(
-            (train_config.batch_size, *image_shape), generator=step_generator(config.seed, step)
-        )[context.rank :: context.world_size]
-        z, logdet = model(dequantize(x, n_bits, noise=noise.to(x.device)))
+class MaximumLikelihood:
+    """The pre-training objective: the loss of a training step and the validation score.
+
+    Args:
+        config: the experiment (seed, ``train.n_bits``, batch sizes, ``train.val_images``).
+        val_set: the validation split.
+        image_shape: ``(C, H, W)`` of one image.
+        context: this process's rank and device.
+    """
+
+    def __init__(
+        self,
+        config: PriorExperiment,
+        val_set: ImageDataset,
+        image_shape: torch.Size,
+        context: DistributedContext,
+    ) -> None:
+        self.config = config
+        self.val_set = val_set
+        self.image_shape = image_shape
+        self.context = context
+
+    def loss(self, model: nn.Module, x: Tensor, step: int) -> Tensor:
+        """Mean bits/dim of ``x`` uniformly dequantised with the noise of ``(seed, step)``."""
+        n_bits = self.config.train.n_bits
+        z, logdet = model(dequantize(x, n_bits, noise=self._dequantization_noise(step, x.device)))
         log_prob = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(dim=1) + logdet
         return bits_per_dim(log_prob, x[0].numel(), n_bits).mean()
 
-    def evaluate(glow_module: nn.Module) -> dict[str, float]:
+    def _dequantization_noise(self, step: int, device: torch.device) -> Tensor:
+        """This rank's rows of the step's noise for the whole global batch (rank-independent)."""
+        rank, world_size = self.context.rank, self.context.world_size
+        noise = torch.rand(
+            (self.config.train.batch_size, *self.image_shape),
+            generator=step_generator(self.config.seed, step),
+        )[rank::world_size]
+        return noise.to(device)
+
+    def evaluate(self, glow: nn.Module) -> dict[str, float]:
+        """Validation bits/dim at the bin midpoints: the score (lower is better) and ``val_bpd``."""
+        train_config = self.config.train
         val_bpd = evaluate_bits_per_dim(
-            glow_module,  # type: ignore[arg-type]
-            val_set,
-            n_bits,
+            glow,  # type: ignore[arg-type]
+            self.val_set,
+            train_config.n_bits,
             train_config.eval_batch_size,
             train_config.val_images,
-            context.device,
+            self.context.device,
         )
         return {"score": val_bpd, "val_bpd": val_bpd}
-
-    trainer.fit(
-        batches(train_set, sampler, config.data.num_workers, context.device), loss_fn, evaluate
-    )
-    return out
 
 
 def learning_rate_factor(

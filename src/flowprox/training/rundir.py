@@ -128,3 +128,17 @@ class RunDirectory:
         if self._writer:
             self._writer.close()
         self._writer = None
+
+
+def open_run_directory(
+    root: Path,
+    config: dict[str, Any],
+    argv: Sequence[str] | None,
+    enabled: bool,
+    resume: bool,
+) -> RunDirectory:
+    """The run directory ``root`` with the resolved ``config`` and the command line written."""
+    run_dir = RunDirectory(root, enabled=enabled, resume=resume)
+    run_dir.write_config(config)
+    run_dir.write_command(argv)
+    return run_dir

@@ -27,27 +27,29 @@ from flowprox.config import (
     config_from_dict,
     config_to_dict,
 )
-from flowprox.data.datasets import describe, load_splits
+from flowprox.data.datasets import ImageDataset, describe, load_splits
 from flowprox.evaluation.reconstruct import reconstruct_all, stack_images
+from flowprox.flows import Glow
 from flowprox.metrics.quality import psnr
 from flowprox.models.prior import load_prior
 from flowprox.models.unrolled import build_unrolled, describe_parameters, load_prox_weights
 from flowprox.optim.unrolled import UnrolledProximalGradient
 from flowprox.physics.noise import measure_fixed
+from flowprox.physics.operators import LinearOperator
 from flowprox.physics.tasks import build_operator, task_label, validate_task
 from flowprox.training.distributed import (
     DistributedContext,
+    check_global_batch,
     cleanup_distributed,
     setup_distributed,
     wrap_model,
 )
-from flowprox.training.rundir import RunDirectory
+from flowprox.training.rundir import RunDirectory, open_run_directory
 from flowprox.training.trainer import (
-    StepBatchSampler,
     Trainer,
-    batches,
     loop_settings,
     step_generator,
+    training_batches,
 )
 from flowprox.utils.validation import NonFiniteError
 
@@ -114,37 +116,75 @@ def _train(
     argv: Sequence[str] | None,
     context: DistributedContext,
 ) -> Path:
-    train = config.train
+    """The steps of ``train_unrolled`` in this process (one rank of a DDP run, or the only one)."""
+    _check_task_config(config, context)
+    config, prior = _with_loaded_prior(config)
+    config_dict = config_to_dict(config)
+    run_dir = open_run_directory(out, config_dict, argv, context.is_main, resume)
+    train_set, val_set = _load_train_and_val(config, context)
+    image_shape = train_set[0].shape
+    op = build_operator(config.task, config.data.resolution, image_shape[0]).to(context.device)
+    network = _build_network(config, op, prior, resume, context)
+    trainer = _make_unrolled_trainer(config, config_dict, network, run_dir, context, resume)
+    objective = ReconstructionError(config, op, val_set, image_shape, context)
+    train_batches = training_batches(
+        train_set,
+        config.train.batch_size,
+        config.seed,
+        trainer.step,
+        config.data.num_workers,
+        context,
+    )
+    trainer.fit(train_batches, objective.loss, objective.evaluate)
+    return out
+
+
+def _check_task_config(config: UnrolledExperiment, context: DistributedContext) -> None:
+    """Raise on an invalid task or a batch the ranks cannot share."""
     validate_task(config.task)
-    if train.batch_size % context.world_size:
-        raise ValueError(
-            f"train.batch_size = {train.batch_size} is not divisible by the "
-            f"{context.world_size} processes; use a multiple of {context.world_size}."
-        )
-    prior = None
+    check_global_batch(config.train.batch_size, context)
+
+
+def _with_loaded_prior(config: UnrolledExperiment) -> tuple[UnrolledExperiment, Glow | None]:
+    """The pre-trained prior of ``config.prior`` (or None) and ``config`` with its model config.
+
+    A flow prox without a prior is an error.
+    """
     if config.prior:
         prior, prior_config = load_prior(config.prior)
-        config = with_prior_model(config, prior_config["model"])
-    elif config.model.prox in ProxKind.flows():
+        return with_prior_model(config, prior_config["model"]), prior
+    if config.model.prox in ProxKind.flows():
         raise ValueError(
             f"prox {config.model.prox!r} needs the pre-trained prior: pass --prior PRIOR.pt "
             "(the best.pt of a `flowprox pretrain` run)."
         )
+    return config, None
 
-    run_dir = RunDirectory(out, enabled=context.is_main, resume=resume)
-    config_dict = config_to_dict(config)
-    run_dir.write_config(config_dict)
-    run_dir.write_command(argv)
 
+def _load_train_and_val(
+    config: UnrolledExperiment, context: DistributedContext
+) -> tuple[ImageDataset, ImageDataset]:
+    """The training and validation splits of ``config.data`` (both are required)."""
     splits = load_splits(config.data)
     if "train" not in splits or "val" not in splits:
         raise ValueError(f"{config.data.path} has no train/val split; training needs both.")
     if context.is_main:
         print(f"data: {describe(splits)}")
-    train_set = splits["train"]
-    channels = train_set[0].shape[0]
-    op = build_operator(config.task, config.data.resolution, channels).to(context.device)
+    return splits["train"], splits["val"]
 
+
+def _build_network(
+    config: UnrolledExperiment,
+    op: LinearOperator,
+    prior: Glow | None,
+    resume: bool,
+    context: DistributedContext,
+) -> UnrolledProximalGradient:
+    """The unrolled network of ``config`` on the device, seeded by ``config.seed``.
+
+    A new run takes its prox weights from ``config.init_from`` when given (a resumed run has
+    them in its checkpoint).
+    """
     torch.manual_seed(config.seed)
     network = build_unrolled(config, op, prior).to(context.device)
     if config.init_from and not resume:
@@ -153,15 +193,24 @@ def _train(
         steps = ", ".join(f"{k} = {v:.4g}" for k, v in network.step_summary().items() if "_1" in k)
         print(f"task: {task_label(config.task)}; {config.model.data_step} data step; {steps}")
         print(describe_parameters(config.model.prox, network))
+    return network
 
+
+def _make_unrolled_trainer(
+    config: UnrolledExperiment,
+    config_dict: dict,
+    network: UnrolledProximalGradient,
+    run_dir: RunDirectory,
+    context: DistributedContext,
+    resume: bool,
+) -> Trainer:
+    """The trainer of ``network`` (DDP-wrapped when distributed), resumed from ``last.pt``."""
     model = wrap_model(network, context)
-    optimizer = make_unrolled_optimizer(network, config)
-    settings = loop_settings(train)
     trainer = Trainer(
         model,
-        optimizer,
+        make_unrolled_optimizer(network, config),
         None,
-        settings,
+        loop_settings(config.train),
         run_dir,
         context,
         kind="unrolled",
@@ -170,44 +219,78 @@ def _train(
     )
     if resume:
         trainer.resume(RESUMABLE_KEYS)
+    return trainer
 
-    sampler = StepBatchSampler(
-        len(train_set),
-        train.batch_size,
-        config.seed,
-        start_step=trainer.step,
-        rank=context.rank,
-        world_size=context.world_size,
-    )
-    x_val = stack_images(splits["val"], train.val_images)
-    y_val = measure_fixed(op.cpu(), x_val, config.task.sigma_n, train.measurement_seed)
-    op.to(context.device)
-    image_shape = train_set[0].shape
-    sigma_n = config.task.sigma_n
 
-    def loss_fn(model: nn.Module, x: Tensor, step: int) -> Tensor:
+class ReconstructionError:
+    """The task objective: the MSE of a training step and the validation metrics.
+
+    Validation uses fixed-seed measurements of the first ``train.val_images`` validation images
+    (the same for every run, batch size and device).
+
+    Args:
+        config: the experiment (task, seed, ``train`` batch sizes and measurement seed).
+        op: the task's forward operator, on the training device.
+        val_set: the validation split.
+        image_shape: ``(C, H, W)`` of one image.
+        context: this process's rank and device.
+    """
+
+    def __init__(
+        self,
+        config: UnrolledExperiment,
+        op: LinearOperator,
+        val_set: ImageDataset,
+        image_shape: torch.Size,
+        context: DistributedContext,
+    ) -> None:
+        self.config = config
+        self.op = op
+        self.image_shape = image_shape
+        self.context = context
+        self.x_val = stack_images(val_set, config.train.val_images)
+        self.y_val = self._fixed_measurements(self.x_val)
+
+    def _fixed_measurements(self, x: Tensor) -> Tensor:
+        """``A x + n`` with noise fixed by ``train.measurement_seed`` (computed on the CPU)."""
+        train = self.config.train
+        y = measure_fixed(self.op.cpu(), x, self.config.task.sigma_n, train.measurement_seed)
+        self.op.to(self.context.device)
+        return y
+
+    def loss(self, model: nn.Module, x: Tensor, step: int) -> Tensor:
+        """``mean ||x^ - x||^2`` for measurements of ``x`` with the noise of ``(seed, step)``."""
+        y = self.op.A(x) + self.config.task.sigma_n * self._measurement_noise(step, x.device)
+        return F.mse_loss(model(y, self.op), x)
+
+    def _measurement_noise(self, step: int, device: torch.device) -> Tensor:
+        """This rank's rows of the step's standard normal noise for the whole global batch."""
+        rank, world_size = self.context.rank, self.context.world_size
         noise = torch.randn(
-            (train.batch_size, *image_shape), generator=step_generator(config.seed, step)
-        )[context.rank :: context.world_size]
-        y = op.A(x) + sigma_n * noise.to(x.device)
-        return F.mse_loss(model(y, op), x)
+            (self.config.train.batch_size, *self.image_shape),
+            generator=step_generator(self.config.seed, step),
+        )[rank::world_size]
+        return noise.to(device)
 
-    def evaluate(network: nn.Module) -> dict[str, float]:
+    def evaluate(self, network: nn.Module) -> dict[str, float]:
+        """Validation loss (the score), PSNR and the first fold's ``mu``, ``lambda``."""
+        train = self.config.train
         try:
-            x_hat = reconstruct_all(network, y_val, op, train.eval_batch_size, context.device)
+            x_hat = reconstruct_all(
+                network, self.y_val, self.op, train.eval_batch_size, self.context.device
+            )
         except NonFiniteError:  # a diverged network: never the best checkpoint
             nan = float("nan")
             return {"score": math.inf, "val_loss": nan, "val_psnr": nan, "mu_1": nan,
                     "rho_1": nan, "lambda_1": nan}  # fmt: skip
-        val_loss = float(F.mse_loss(x_hat, x_val))
+        return self._metrics(network, x_hat)
+
+    def _metrics(self, network: nn.Module, x_hat: Tensor) -> dict[str, float]:
+        """The validation metrics of the reconstructions ``x_hat``."""
+        val_loss = float(F.mse_loss(x_hat, self.x_val))
         metrics = {"score": val_loss, "val_loss": val_loss}
-        metrics["val_psnr"] = float(psnr(x_hat, x_val).mean())
+        metrics["val_psnr"] = float(psnr(x_hat, self.x_val).mean())
         steps = network.step_summary()  # type: ignore[operator]
         for name in ("mu_1", "rho_1", "lambda_1"):
             metrics[name] = steps.get(name, 0.0)
         return metrics
-
-    trainer.fit(
-        batches(train_set, sampler, config.data.num_workers, context.device), loss_fn, evaluate
-    )
-    return out

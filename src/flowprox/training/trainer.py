@@ -138,6 +138,26 @@ def batches(
         yield batch.to(device, non_blocking=True)
 
 
+def training_batches(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    num_workers: int,
+    context: DistributedContext,
+) -> Iterator[Tensor]:
+    """This rank's share of the global batches of steps ``start_step, start_step + 1, ...``."""
+    sampler = StepBatchSampler(
+        len(dataset),  # type: ignore[arg-type]
+        batch_size,
+        seed,
+        start_step=start_step,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+    return batches(dataset, sampler, num_workers, context.device)
+
+
 LossFn = Callable[[nn.Module, Tensor, int], Tensor]
 EvaluateFn = Callable[[nn.Module], dict[str, float]]
 
@@ -256,90 +276,126 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, batch_iterator: Iterator[Tensor], loss_fn: LossFn, evaluate: EvaluateFn) -> None:
         """Train from ``self.step`` to ``max_steps`` (or the time limit, or early stopping)."""
-        settings = self.settings
         if self._last_good is None:
             self._remember_good_state()
+        self._start_metrics()
+        progress = self._progress_bar()
+        running = _RunningMean()
+        started = time.monotonic() - self.elapsed_seconds
+        stop_reason = "max_steps"
+        self.model.train()
+        while self.step < self.settings.max_steps:
+            loss = self._optimization_step(next(batch_iterator), loss_fn)
+            self.step += 1
+            progress.update(1)
+            if loss is None:  # skipped: no update, no log, no evaluation
+                continue
+            running.add(float(loss.detach()))
+            self.elapsed_seconds = time.monotonic() - started
+            self._log_train_loss(running, progress)
+            stop = self._evaluate_or_checkpoint(evaluate)
+            if stop is not None:
+                stop_reason = stop
+                break
+        progress.close()
+        self._report_stop(stop_reason)
+        self.run_dir.close()
+
+    def _start_metrics(self) -> None:
+        """Open ``metrics.csv`` (on resume, keep the rows up to the checkpoint's step)."""
         fields = ("train_loss", *self.metric_fields, "lr", "elapsed_s", "replica_divergence")
         self.run_dir.start_metrics(fields, resume_step=self.step if self.step > 0 else None)
-        progress = tqdm(
-            total=settings.max_steps,
+
+    def _progress_bar(self) -> tqdm:
+        """A progress bar over the steps, shown on rank 0."""
+        return tqdm(
+            total=self.settings.max_steps,
             initial=self.step,
             desc=self.kind,
             disable=not self.context.is_main,
             dynamic_ncols=True,
         )
-        running_loss, running_count = 0.0, 0
-        started = time.monotonic() - self.elapsed_seconds
-        stop_reason = "max_steps"
-        self.model.train()
-        while self.step < settings.max_steps:
-            batch = next(batch_iterator)
-            self.optimizer.zero_grad(set_to_none=True)
-            try:
-                loss = loss_fn(self.model, batch, self.step)
-            except NonFiniteError:  # the forward pass itself produced NaN/Inf
-                loss = None
-            if loss is not None:
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(),
-                    settings.grad_clip if settings.grad_clip > 0 else math.inf,
-                )
-            bad = loss is None or not (torch.isfinite(loss) and torch.isfinite(grad_norm))
-            if all_reduce_max(float(bad), self.context) > 0:
-                self.bad_steps_in_a_row += 1
-                self.bad_steps_total += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.context.is_main:
-                    tqdm.write(
-                        f"step {self.step}: non-finite forward pass, loss or gradient, step "
-                        f"skipped ({self.bad_steps_in_a_row} in a row, "
-                        f"{self.bad_steps_total} in all)"
-                    )
-                if self.bad_steps_in_a_row >= settings.max_bad_steps:
-                    self._restore_good_state()
-                self.step += 1
-                progress.update(1)
-                continue
-            self.bad_steps_in_a_row = 0
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            progress.update(1)
-            running_loss += float(loss.detach())
-            running_count += 1
-            self.elapsed_seconds = time.monotonic() - started
 
-            if self.step % settings.log_every == 0 and running_count:
-                mean_loss = running_loss / running_count
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                self.run_dir.log(self.step, self._row(train_loss=mean_loss))
-                running_loss, running_count = 0.0, 0
+    def _optimization_step(self, batch: Tensor, loss_fn: LossFn) -> Tensor | None:
+        """One update from ``batch``: its loss, or None when a rank's step was not finite.
 
-            out_of_time = (
-                settings.time_limit_minutes > 0
-                and self.elapsed_seconds > 60 * settings.time_limit_minutes
+        A step that is not finite on any rank is skipped on every rank (and counted); too
+        many in a row restore the last good state.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._finite_loss_and_gradients(batch, loss_fn)
+        if all_reduce_max(float(loss is None), self.context) > 0:
+            self._skip_bad_step()
+            return None
+        self.bad_steps_in_a_row = 0
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss
+
+    def _finite_loss_and_gradients(self, batch: Tensor, loss_fn: LossFn) -> Tensor | None:
+        """The loss of ``batch`` after backward and clipping; None if it or the gradients are
+        NaN/Inf (or the forward pass raised ``NonFiniteError``)."""
+        try:
+            loss = loss_fn(self.model, batch, self.step)
+        except NonFiniteError:  # the forward pass itself produced NaN/Inf
+            return None
+        loss.backward()
+        grad_clip = self.settings.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), grad_clip if grad_clip > 0 else math.inf
+        )
+        finite = torch.isfinite(loss) and torch.isfinite(grad_norm)
+        return loss if finite else None
+
+    def _skip_bad_step(self) -> None:
+        """Count a skipped step, drop its gradients, and restore the last good state if due."""
+        self.bad_steps_in_a_row += 1
+        self.bad_steps_total += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.context.is_main:
+            tqdm.write(
+                f"step {self.step}: non-finite forward pass, loss or gradient, step "
+                f"skipped ({self.bad_steps_in_a_row} in a row, "
+                f"{self.bad_steps_total} in all)"
             )
-            out_of_time = bool(broadcast_object(out_of_time, self.context))
-            last_step = self.step >= settings.max_steps or out_of_time
-            if self.step % settings.eval_every == 0 or last_step:
-                if self._evaluate_and_checkpoint(evaluate):
-                    stop_reason = "early stopping"
-                    break
-            elif self.step % settings.checkpoint_every == 0:
-                self._save()
-            if out_of_time:
-                stop_reason = "time limit"
-                break
-        progress.close()
+        if self.bad_steps_in_a_row >= self.settings.max_bad_steps:
+            self._restore_good_state()
+
+    def _log_train_loss(self, running: _RunningMean, progress: tqdm) -> None:
+        """Every ``log_every`` steps: the mean training loss since the last log."""
+        if self.step % self.settings.log_every == 0 and running.count:
+            mean_loss = running.mean()
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            self.run_dir.log(self.step, self._row(train_loss=mean_loss))
+            running.reset()
+
+    def _evaluate_or_checkpoint(self, evaluate: EvaluateFn) -> str | None:
+        """Evaluate or checkpoint when due; the reason to stop now, or None to go on."""
+        settings = self.settings
+        out_of_time = self._out_of_time()
+        last_step = self.step >= settings.max_steps or out_of_time
+        if self.step % settings.eval_every == 0 or last_step:
+            if self._evaluate_and_checkpoint(evaluate):
+                return "early stopping"
+        elif self.step % settings.checkpoint_every == 0:
+            self._save()
+        return "time limit" if out_of_time else None
+
+    def _out_of_time(self) -> bool:
+        """Whether the time limit has passed (rank 0 decides for every rank)."""
+        limit = self.settings.time_limit_minutes
+        out_of_time = limit > 0 and self.elapsed_seconds > 60 * limit
+        return bool(broadcast_object(out_of_time, self.context))
+
+    def _report_stop(self, stop_reason: str) -> None:
+        """Say on rank 0 where and why the run stopped."""
         if self.context.is_main:
             tqdm.write(
                 f"{self.kind}: stopped at step {self.step} ({stop_reason}) after "
                 f"{self.elapsed_seconds / 60:.1f} min; best validation score {self.best_score:.4f}"
                 + (f"; {self.bad_steps_total} bad steps skipped" if self.bad_steps_total else "")
             )
-        self.run_dir.close()
 
     def _row(self, **values: float) -> dict[str, float]:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -380,6 +436,24 @@ class Trainer:
         self._save(best=improved)
         patience = self.settings.early_stopping_patience
         return patience > 0 and self.evaluations_without_improvement >= patience
+
+
+class _RunningMean:
+    """The mean of the training losses since the last log."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def mean(self) -> float:
+        return self.total / self.count
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
 
 
 def _without(config: dict[str, Any], dotted_keys: tuple[str, ...]) -> dict[str, Any]:
