@@ -79,6 +79,10 @@ class PretrainConfig:
     eval_batch_size: int = 256
     val_images: int = 0
     device: str = "cpu"
+    # Noise-augmented pre-training (0 = off): the flow learns the density of the dequantised
+    # image plus Gaussian noise of a level drawn uniformly from [0, noise_sigma_max] per image,
+    # a smoothed density whose support holds the noisy images the GLOW prox is fed.
+    noise_sigma_max: float = 0.0
 
 
 @dataclass(frozen=True)

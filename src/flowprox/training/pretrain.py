@@ -224,20 +224,31 @@ class MaximumLikelihood:
         self.context = context
 
     def loss(self, model: nn.Module, x: Tensor, step: int) -> Tensor:
-        """Mean bits/dim of ``x`` uniformly dequantised with the noise of ``(seed, step)``."""
+        """Mean bits/dim of ``x`` uniformly dequantised with the noise of ``(seed, step)`` (and,
+        with ``train.noise_sigma_max > 0``, Gaussian noise of a level drawn per image)."""
         n_bits = self.config.train.n_bits
-        z, logdet = model(dequantize(x, n_bits, noise=self._dequantization_noise(step, x.device)))
+        uniform, gaussian = self._step_noise(step, x.device)
+        x_continuous = dequantize(x, n_bits, noise=uniform)
+        if gaussian is not None:
+            x_continuous = x_continuous + gaussian
+        z, logdet = model(x_continuous)
         log_prob = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(dim=1) + logdet
         return bits_per_dim(log_prob, x[0].numel(), n_bits).mean()
 
-    def _dequantization_noise(self, step: int, device: torch.device) -> Tensor:
-        """This rank's rows of the step's noise for the whole global batch (rank-independent)."""
+    def _step_noise(self, step: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """This rank's rows of the step's noise for the whole global batch (rank-independent):
+        the dequantisation noise ``u ~ U(0, 1)``, and the augmentation ``sigma * eps`` with
+        ``sigma ~ U(0, noise_sigma_max)`` per image, ``eps ~ N(0, I)`` (None when off)."""
         rank, world_size = self.context.rank, self.context.world_size
-        noise = torch.rand(
-            (self.config.train.batch_size, *self.image_shape),
-            generator=step_generator(self.config.seed, step),
-        )[rank::world_size]
-        return noise.to(device)
+        shape = (self.config.train.batch_size, *self.image_shape)
+        generator = step_generator(self.config.seed, step)
+        uniform = torch.rand(shape, generator=generator)[rank::world_size].to(device)
+        sigma_max = self.config.train.noise_sigma_max
+        if sigma_max <= 0:
+            return uniform, None
+        sigma = sigma_max * torch.rand((shape[0], 1, 1, 1), generator=generator)
+        gaussian = sigma * torch.randn(shape, generator=generator)
+        return uniform, gaussian[rank::world_size].to(device)
 
     def evaluate(self, glow: nn.Module) -> dict[str, float]:
         """Validation bits/dim at the bin midpoints: the score (lower is better) and ``val_bpd``."""
