@@ -61,20 +61,17 @@ class Reproduction:
             kind, method.prox.value, self.preset, data=self.data, prior=self.prior_checkpoint,
             init_from=init_from, device=self.device,
         )  # fmt: skip
-        train = dataclasses.replace(config.train, lr=budget.lr(method.prox))
-        if budget.minutes(method.prox) > 0:
-            train = dataclasses.replace(train, time_limit_minutes=budget.minutes(method.prox))
-        if budget.max_steps > 0:
-            train = dataclasses.replace(train, max_steps=budget.max_steps)
-        model = config.model
-        if kind == "denoise" and method.is_flow and settings.denoise_flow_mu_init > 0:
-            model = dataclasses.replace(model, mu_init=settings.denoise_flow_mu_init)
+        train = dataclasses.replace(
+            config.train, lr=budget.lr(method.prox), time_limit_minutes=budget.safety_minutes
+        )
+        if budget.steps(method.prox) > 0:
+            train = dataclasses.replace(train, max_steps=budget.steps(method.prox))
         task_config = config.task
         if task == "deblur-small-support":
             task_config = dataclasses.replace(
                 task_preset(self.preset, "deblur"), kernel_size=settings.small_support_kernel
             )
-        config = dataclasses.replace(config, train=train, model=model, task=task_config)
+        config = dataclasses.replace(config, train=train, task=task_config)
         if self.overrides:
             values = apply_overrides(config_to_dict(config), list(self.overrides))
             config = config_from_dict(UnrolledExperiment, values)

@@ -57,8 +57,15 @@ def _by_key(summary: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return result
 
 
+def non_finite(method: dict[str, Any]) -> int:
+    """How many of a method's outputs were not finite (and were scored as grey images)."""
+    return int(method.get("failed_images", 0))
+
+
 def _cell(method: dict[str, Any] | None, paper: float | None = None) -> str:
     ours = "—" if method is None else f"{method['psnr_mean']:.2f} ± {method['psnr_std']:.2f}"
+    if method is not None and non_finite(method):
+        ours += f" [{non_finite(method)}/{method['images']} non-finite, scored grey]"
     return ours if paper is None else f"{ours} ({paper:.2f})"
 
 
@@ -138,23 +145,32 @@ def _small_support(reproduction: Reproduction) -> str:
 
 
 def _training_summary(reproduction: Reproduction) -> str:
+    """Every training run: its steps, why it stopped, the steps skipped for a non-finite loss or
+    gradient, and its best val PSNR (a run that hit the safety time cap is marked)."""
     lines = [
-        "| task | method | steps | minutes | best val PSNR |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| task | method | steps | stopped by | skipped steps | minutes | best val PSNR |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for task in reproduction.tasks:
         for method in methods_for(task):
-            path = reproduction.run_dir(task, method.key) / "metrics.csv"
-            if not path.is_file():
+            run = reproduction.run_dir(task, method.key)
+            if not (run / "metrics.csv").is_file():
                 continue
-            with open(path) as file:
+            with open(run / "metrics.csv") as file:
                 rows = list(csv.DictReader(file))
             val = [float(r["val_psnr"]) for r in rows if r.get("val_psnr")]
             last = rows[-1] if rows else {}
-            minutes = float(last.get("elapsed_s") or 0) / 60
+            summary_path = run / "summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+            steps = summary.get("steps", last.get("step", ""))
+            reason = summary.get("stop_reason", "?")
+            if reason == "time limit":
+                reason = "**time cap** (budget not reached)"
+            minutes = float(summary.get("elapsed_s", last.get("elapsed_s") or 0)) / 60
             best = f"{max(val):.2f}" if val else "—"
             lines.append(
-                f"| {task} | {method.label} | {last.get('step', '')} | {minutes:.1f} | {best} |"
+                f"| {task} | {method.label} | {steps} | {reason} | "
+                f"{summary.get('bad_steps', '?')} | {minutes:.1f} | {best} |"
             )
     return "\n".join(lines)
 
@@ -311,10 +327,11 @@ def _write_tables_csv(reproduction: Reproduction) -> None:
             for m in summary["methods"]:
                 rows.append([task, setting, summary["task_label"], m["method"], m["psnr_mean"],
                              m["psnr_std"], m["ssim_mean"], m["ssim_std"], m["images"],
-                             m["seconds_per_image"], m["peak_memory_mib"]])  # fmt: skip
+                             non_finite(m), m["seconds_per_image"],
+                             m["peak_memory_mib"]])  # fmt: skip
     with open(reproduction.out / "tables.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["task", "setting", "task_label", "method", "psnr_mean", "psnr_std",
-                         "ssim_mean", "ssim_std", "images", "seconds_per_image",
+                         "ssim_mean", "ssim_std", "images", "non_finite", "seconds_per_image",
                          "peak_memory_mib"])  # fmt: skip
         writer.writerows(rows)

@@ -15,6 +15,7 @@ Only the main process (rank 0) writes; other ranks get a RunDirectory that does 
 from __future__ import annotations
 
 import csv
+import json
 import shlex
 import sys
 import warnings
@@ -82,6 +83,12 @@ class RunDirectory:
             )
             with (self.root / "command.txt").open("a") as file:
                 file.write(line + "\n")
+
+    def write_summary(self, values: dict[str, Any]) -> None:
+        """``summary.json``: how the run ended (steps, why it stopped, skipped steps)."""
+        if self.enabled:
+            text = json.dumps(values, indent=2, allow_nan=True) + "\n"
+            (self.root / "summary.json").write_text(text)
 
     def start_metrics(self, fields: Sequence[str], resume_step: int | None = None) -> None:
         """Create ``metrics.csv`` with columns ``step, *fields``; on resume keep the rows up to

@@ -389,7 +389,18 @@ class Trainer:
         return bool(broadcast_object(out_of_time, self.context))
 
     def _report_stop(self, stop_reason: str) -> None:
-        """Say on rank 0 where and why the run stopped."""
+        """Say on rank 0 where and why the run stopped, and write it to ``summary.json``."""
+        self.run_dir.write_summary(
+            {
+                "steps": self.step,
+                "stop_reason": stop_reason,
+                "bad_steps": self.bad_steps_total,
+                "best_score": self.best_score,
+                "elapsed_s": round(self.elapsed_seconds, 2),
+                "max_steps": self.settings.max_steps,
+                "time_limit_minutes": self.settings.time_limit_minutes,
+            }
+        )
         if self.context.is_main:
             tqdm.write(
                 f"{self.kind}: stopped at step {self.step} ({stop_reason}) after "
