@@ -73,19 +73,40 @@ def test_sample_at_temperature_zero_is_the_inverse_of_zero() -> None:
     assert hot.shape == (2, 3, 8, 8) and not torch.allclose(hot[0], hot[1])
 
 
-def test_bits_per_dim_formula_and_initial_value() -> None:
-    glow = Glow(3, 2, 2, 16, image_size=16)
+@pytest.mark.parametrize("n_bits", [8, 5])
+def test_bits_per_dim_at_initialisation_is_that_of_the_gaussian_the_flow_models(
+    n_bits: int,
+) -> None:
+    """A fresh Glow is affine, ``z = W x + c`` (every coupling network outputs 0), so it models
+    the Gaussian ``p(x) = N(W x + c; 0, I) |det W|``. A bin of side ``2^-n`` around the midpoint
+    ``x_mid`` has probability ``~ p(x_mid) 2^(-n D)``: ``n - log2 p(x_mid) / D`` bits/dim."""
+    glow = Glow(3, 2, 2, 16, image_size=8).double()
+    x = torch.round(smooth_images(8, 3, 8, seed=2).double() * 255) / 255  # 8-bit images
     glow.train()
-    x = torch.round(smooth_images(32, 3, 16, seed=2) * 255) / 255
     with torch.no_grad():
-        glow(x)  # data-dependent init
-        bpd = glow.bits_per_dim(x, n_bits=8, dequantize_noise=False)
-        x_mid = dequantize(x, 8, noise=False)
-        d = 3 * 16 * 16
-        expected = (-glow.log_prob(x_mid) + d * math.log(256)) / (d * math.log(2))
-    assert torch.allclose(bpd, expected)
-    # a freshly initialised Glow on image-like data sits near the usual ~8 bits/dim
-    assert 5.0 < float(bpd.mean()) < 10.0
+        glow(x)  # ActNorm's data-dependent initialisation
+    glow.eval()
+    bins = torch.floor(torch.round(x * 255) / 2 ** (8 - n_bits))  # the n-bit bin of each value
+    x_mid = (bins + 0.5) / 2**n_bits
+    d = x[0].numel()
+
+    def flow(v: torch.Tensor) -> torch.Tensor:
+        return glow(v.view(1, 3, 8, 8))[0].flatten()
+
+    W = torch.autograd.functional.jacobian(flow, x_mid[0].flatten())
+    assert torch.allclose(
+        torch.autograd.functional.jacobian(flow, x_mid[1].flatten()), W, atol=1e-12
+    )  # affine: the same Jacobian everywhere
+    with torch.no_grad():
+        z, _ = glow(x_mid)
+        log_density = (
+            -0.5 * z.square().sum(dim=1)
+            - 0.5 * d * math.log(2 * math.pi)
+            + torch.linalg.slogdet(W).logabsdet
+        )
+        expected = n_bits - log_density / (d * math.log(2))
+        bpd = glow.bits_per_dim(x, n_bits=n_bits, dequantize_noise=False)
+    assert torch.allclose(bpd, expected, rtol=0, atol=1e-9)
 
 
 def test_quantize_and_dequantize_bins() -> None:

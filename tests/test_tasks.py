@@ -95,6 +95,30 @@ def test_trained_denoiser_beats_its_noisy_input(data_dir: Path, denoiser: Path) 
     assert np.mean(denoised.ssim) > np.mean(noisy.ssim)
 
 
+@pytest.fixture(scope="module")
+def glow_denoiser(data_dir: Path, prior_path: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("glow-denoise")
+    # mu_1 = 0.2 as the small reproduction's flow denoisers (experiments.plan.TaskSettings)
+    settings = ("model.mu_init=0.2", "train.max_steps=80", "train.eval_every=20")
+    return train_tiny(data_dir, prior_path, out, "denoise", "glow", *settings) / "best.pt"
+
+
+def test_trained_glow_prox_denoiser_beats_its_noisy_input_and_its_start(
+    data_dir: Path, prior_path: Path, glow_denoiser: Path
+) -> None:
+    network, config = load_unrolled(glow_denoiser)
+    prior, _ = load_prior(prior_path)
+    untrained = build_unrolled(config, build_operator(config.task, 8), prior).eval()
+    evaluation = load_evaluation_set(config.task, "in-distribution", data_dir, 8)
+    noisy = run_method("measurement", measurement_reconstructor, evaluation)
+    denoised = run_method("glow", network, evaluation)
+    start = run_method("glow, untrained", untrained, evaluation)
+    assert np.mean(denoised.psnr) > np.mean(noisy.psnr) + 1.0
+    assert np.mean(denoised.ssim) > np.mean(noisy.ssim)
+    # the folds start from the prior mode: the untrained network already blends it with y
+    assert np.mean(denoised.psnr) > np.mean(start.psnr) + 0.5
+
+
 def test_reloaded_checkpoint_gives_identical_outputs(tmp_path: Path, prior_path: Path) -> None:
     prior, saved = load_prior(prior_path)
     config = unrolled_config("deblur", "glow", "tiny", prior=prior_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from flowprox.optim.unrolled import (
     step_size_from_operator,
 )
 from flowprox.physics.noise import measure
-from flowprox.physics.operators import GaussianBlur, Identity, Mask
+from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask
 
 
 def measurement(op, size: int = 8, sigma: float = 0.05, seed: int = 0):
@@ -32,16 +33,33 @@ def measurement(op, size: int = 8, sigma: float = 0.05, seed: int = 0):
     return x, y
 
 
-@pytest.mark.parametrize("initial", ["adjoint", "zeros"])
-def test_identity_prox_network_is_plain_gradient_descent(initial: str) -> None:
-    op = GaussianBlur(1.0)
-    _, y = measurement(op)
+class Double(LinearOperator):
+    """``A x = 2 x``: a forward model whose gradient steps are easy to work out by hand."""
+
+    def _A(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x
+
+    def _A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return 2.0 * y
+
+
+@pytest.mark.parametrize(
+    ("initial", "expected"),
+    [
+        # y = 1, mu = 0.1: x <- x - 0.1 * 2 (2 x - 1) = 0.6 x + 0.2
+        ("adjoint", [2.0, 1.4, 1.04, 0.824]),  # x_0 = A^T y = 2
+        ("zeros", [0.0, 0.2, 0.32, 0.392]),
+    ],
+)
+def test_identity_prox_network_is_plain_gradient_descent(
+    initial: str, expected: list[float]
+) -> None:
+    y = torch.ones(1, 1, 1, 1, dtype=torch.float64)
     proxes = [NetworkProx(nn.Identity()) for _ in range(3)]
-    model = UnrolledProximalGradient(proxes, mu_init=0.7, initial_estimate=initial).double()
-    x = op.A_adjoint(y) if initial == "adjoint" else torch.zeros_like(y)
-    for _ in range(3):
-        x = x - 0.7 * op.A_adjoint(op.A(x) - y)
-    assert torch.allclose(model(y, op), x, atol=1e-12)
+    model = UnrolledProximalGradient(proxes, mu_init=0.1, initial_estimate=initial).double()
+    with torch.no_grad():
+        _, iterates = model(y, Double(), return_all=True)
+    assert [float(x) for x in iterates] == pytest.approx(expected, abs=1e-6)
     assert model.lambda_raw is None  # a CNN prox has no shrinkage weight
 
 
@@ -54,21 +72,25 @@ def test_flow_prox_without_shrinkage_is_the_identity() -> None:
 
 def test_a_fold_with_zero_lambda_is_exactly_the_gradient_step() -> None:
     op = Mask.center_square(8, 8, 3)
-    _, y = measurement(op)
+    observed = op.mask.bool().expand(1, 3, 8, 8)
+    y = op.A(torch.ones(1, 3, 8, 8, dtype=torch.float64))  # 1 where observed, 0 elsewhere
+    x = torch.full((1, 3, 8, 8), 0.2, dtype=torch.float64)
     model = flow_unrolled_network(make_glow(), num_folds=2, mu_init=0.9).double()
-    x = torch.rand_like(y)
-    step = x - model.mu[0] * op.A_adjoint(op.A(x) - y)
+    # x - 0.9 m (m x - y): 0.2 - 0.9 (0.2 - 1) = 0.92 where observed, 0.2 where missing
+    step = torch.where(observed, 0.92, 0.2).double()
     with torch.no_grad():
         model.lambda_raw.fill_(-60.0)  # softplus(-60) ~ 1e-26: lambda = 0 to double precision
-        assert torch.allclose(model.fold(0, x, y, op), step, atol=1e-10)
+        assert torch.allclose(model.fold(0, x, y, op), step, atol=1e-6)
         # the last fold never shrinks (paper eq. 12), whatever lambda is
         model.lambda_raw.fill_(3.0)
-        assert torch.allclose(model.fold(1, x, y, op), step, atol=1e-10)
+        assert torch.allclose(model.fold(1, x, y, op), step, atol=1e-6)
 
 
 def test_shrinkages() -> None:
     z = torch.tensor([-2.0, -0.05, 0.0, 0.3, 1.5])
-    assert torch.allclose(gaussian_shrinkage(z, 0.5), z / 1.5)
+    assert torch.allclose(
+        gaussian_shrinkage(z, 0.5), torch.tensor([-4 / 3, -1 / 30, 0.0, 0.2, 1.0])
+    )
     assert torch.allclose(laplace_shrinkage(z, 0.1), torch.tensor([-1.9, 0.0, 0.0, 0.2, 1.4]))
     with pytest.raises(ValueError, match="unknown shrinkage"):
         FlowProx(make_glow(), shrinkage="cauchy")
@@ -78,8 +100,11 @@ def test_initial_estimate_is_the_prior_mode() -> None:
     prior = make_glow()
     model = flow_unrolled_network(prior, num_folds=2)
     _, y = measurement(Identity())
-    mode = prior.inverse(torch.zeros(1, prior.latent_dim(), dtype=torch.float64))
-    assert torch.allclose(model.initial(y, Identity()), mode.expand_as(y))
+    x0 = model.initial(y, Identity())
+    assert x0.shape == y.shape and torch.equal(x0[0], x0[1])
+    # the mode of the prior is the image whose latent is 0
+    z, _ = prior.eval()(x0)
+    assert z.abs().max() < 1e-8
 
 
 def test_data_fidelity_decreases_over_the_folds() -> None:
@@ -137,16 +162,16 @@ def test_every_parameter_of_the_flow_network_receives_a_gradient(
 
 
 def test_the_last_fold_without_shrinkage_is_the_gradient_step_and_holds_no_flow() -> None:
-    op = GaussianBlur(1.0)
-    _, y = measurement(op)
+    _, y = measurement(Identity())
     model = flow_unrolled_network(make_glow(), num_folds=3).double()
     assert isinstance(model.proxes[-1], IdentityProx)
     assert all(isinstance(p, FlowProx) for p in model.proxes[:-1])
     with torch.no_grad():
-        _, iterates = model(y, op, return_all=True)
-        x_before = iterates[-2]
-        step = x_before - model.mu[-1] * op.A_adjoint(op.A(x_before) - y)
-    assert torch.allclose(iterates[-1], step, atol=1e-12)
+        model.mu_raw[-1] = math.log(math.e - 1)  # mu_K = softplus(log(e - 1)) = 1
+        _, iterates = model(y, Identity(), return_all=True)
+    # with A = I and mu = 1 the gradient step lands on y: x - 1 (x - y) = y
+    assert not torch.allclose(iterates[-2], y, atol=1e-3)
+    assert torch.allclose(iterates[-1], y, atol=1e-12)
 
 
 def test_folds_are_untied_copies_and_the_prior_is_untouched() -> None:
@@ -217,3 +242,38 @@ def test_unrolled_network_rejects_bad_input() -> None:
         UnrolledProximalGradient([NetworkProx(nn.Identity())], initial_estimate="prior_mode")
     with pytest.raises(ValueError, match="num_folds"):
         flow_unrolled_network(make_glow(), num_folds=0)
+
+
+def _bytes_saved_for_backward(steps_per_level: int, memory_saving: bool) -> tuple[int, int]:
+    """Bytes autograd keeps for backward over a forward pass and loss of a 2-fold flow network
+    (both folds shrink), and the bytes of one image batch."""
+    op = GaussianBlur(1.0)
+    x, y = measurement(op)
+    prior = make_glow(levels=2, steps=steps_per_level, size=8)
+    model = flow_unrolled_network(
+        prior, num_folds=2, memory_saving=memory_saving, shrink_last_fold=True
+    ).double()
+    model.train()
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = nn.functional.mse_loss(model(y, op), x)
+    loss.backward()
+    return saved, x.numel() * x.element_size()
+
+
+def test_memory_saving_keeps_a_few_images_for_backward_whatever_the_depth() -> None:
+    """With memory saving each flow keeps only its outputs: a few image-sized tensors per fold,
+    the same for 2 and 4 steps per level; plain autograd keeps every layer's activations."""
+    saving = {steps: _bytes_saved_for_backward(steps, True) for steps in (2, 4)}
+    plain = {steps: _bytes_saved_for_backward(steps, False) for steps in (2, 4)}
+    image_bytes = saving[2][1]
+    assert saving[4][0] == saving[2][0]
+    assert saving[2][0] < 2 * 10 * image_bytes  # 2 folds, under 10 image batches each
+    assert plain[4][0] > 1.5 * plain[2][0]
+    assert plain[2][0] > 10 * saving[2][0]
