@@ -77,3 +77,64 @@ def make_glow(
 @pytest.fixture
 def glow64() -> Glow:
     return make_glow()
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` as a PNG by hand (neither Pillow nor flowprox): uint8 or uint16
+    ``(H, W)`` or ``(H, W, C)`` with ``C`` = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA).
+    Row ``r`` uses PNG filter ``r % 5`` (None, Sub, Up, Average, Paeth), so a reader must undo
+    all five."""
+    import struct
+    import zlib
+
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    height, width, channels = array.shape
+    depth = 16 if array.dtype == np.uint16 else 8
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    data = np.frombuffer(array.astype(">u2" if depth == 16 else np.uint8).tobytes(), np.uint8)
+    rows = data.reshape(height, -1).astype(np.int64)
+    bpp = channels * depth // 8
+    previous = np.zeros_like(rows[0])
+    lines = []
+    for r, row in enumerate(rows):
+        left = np.concatenate([np.zeros(bpp, np.int64), row[:-bpp]])
+        upper_left = np.concatenate([np.zeros(bpp, np.int64), previous[:-bpp]])
+        kind = r % 5
+        if kind == 0:
+            predicted = np.zeros_like(row)
+        elif kind == 1:
+            predicted = left
+        elif kind == 2:
+            predicted = previous
+        elif kind == 3:
+            predicted = (left + previous) // 2
+        else:
+            p = left + previous - upper_left
+            pa, pb, pc = np.abs(p - left), np.abs(p - previous), np.abs(p - upper_left)
+            predicted = np.where(
+                (pa <= pb) & (pa <= pc), left, np.where(pb <= pc, previous, upper_left)
+            )
+        lines.append(bytes([kind]) + ((row - predicted) % 256).astype(np.uint8).tobytes())
+        previous = row
+
+    def chunk(name: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(name + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + name + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(lines)))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def png_depth_and_colour_type(path: Path) -> tuple[int, int]:
+    """The bit depth and colour type in a PNG file's header."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return data[24], data[25]

@@ -363,3 +363,48 @@ def test_real_celeba_data() -> None:
     assert item.shape == (3, 32, 32) and 0.0 <= float(item.min()) <= float(item.max()) <= 1.0
     assert describe(splits) == "train 12565, val 1583, test 1574 images at 32x32"
     assert time.perf_counter() - start < 30
+
+
+# --------------------------------------------------------------------------------------------
+# Bit depths and modes of the files in a folder
+# --------------------------------------------------------------------------------------------
+
+
+def test_folder_decodes_every_mode_by_its_bit_depth(tmp_path: Path) -> None:
+    from conftest import write_png
+
+    level = np.full((16, 16), 0.3)
+    expected = {  # name: the 8-bit RGB value the image must become
+        "grey16.png": (77, 77, 77),
+        "grey32.tif": (77, 77, 77),
+        "rgb16.png": (77, 153, 230),
+        "rgb16.tif": (77, 153, 230),
+        "rgba16.png": (166, 204, 242),  # half transparent, on white
+        "la8.png": (166, 166, 166),
+        "palette.png": (10, 200, 30),
+        "bilevel.png": (255, 255, 255),
+    }
+    Image.fromarray((level * 65535).round().astype(np.uint16)).save(tmp_path / "grey16.png")
+    Image.fromarray((level * 65535).round().astype(np.int32)).save(tmp_path / "grey32.tif")
+    rgb16 = (np.stack([level, 2 * level, 3 * level], -1) * 65535).round().astype(np.uint16)
+    write_png(tmp_path / "rgb16.png", rgb16)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    half = np.full((16, 16, 1), 32768, dtype=np.uint16)
+    write_png(tmp_path / "rgba16.png", np.concatenate([rgb16, half], -1))
+    la = np.stack([np.full((16, 16), 77), np.full((16, 16), 128)], -1).astype(np.uint8)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la8.png")
+    solid((16, 16), (10, 200, 30)).quantize(4).save(tmp_path / "palette.png")
+    Image.new("1", (16, 16), 1).save(tmp_path / "bilevel.png")
+    images, paths = load_image_folder(tmp_path, 8)
+    for path, image in zip(paths, images, strict=True):
+        difference = np.abs(image.astype(int) - expected[path.name]).max()
+        assert difference <= 1, (path.name, image[0, 0])  # not 255: the real bit depth
+
+
+def test_folder_reads_tiff_files(tmp_path: Path) -> None:
+    solid((16, 16), (1, 2, 3)).save(tmp_path / "a.tif")
+    solid((16, 16), (4, 5, 6)).save(tmp_path / "b.TIFF")
+    images, _ = load_image_folder(tmp_path, 8)
+    assert images.shape == (2, 8, 8, 3)

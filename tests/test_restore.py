@@ -7,16 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_uint8_images, write_face_data
+from conftest import png_depth_and_colour_type, smooth_uint8_images, write_face_data, write_png
 from PIL import Image
 
-from flowprox.apps.restore import read_image, read_mask
+from flowprox.apps.restore import InitialEstimates, read_mask, restore_tiles, tile_grid
 from flowprox.cli.main import main
 from flowprox.config import PriorExperiment, load_config, preset_path
+from flowprox.metrics.quality import psnr
 from flowprox.metrics.typicality import TypicalRange, auroc, calibrate
+from flowprox.models.prior import load_prior
+from flowprox.models.unrolled import load_unrolled
+from flowprox.optim.unrolled import prior_mode
+from flowprox.physics.noise import measure_fixed
+from flowprox.physics.operators import Identity
 from flowprox.training.configs import unrolled_config
 from flowprox.training.pretrain import pretrain_prior
 from flowprox.training.task import train_unrolled
+from flowprox.utils.images import read_image, write_image
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +59,15 @@ def test_simulate_restores_images_of_another_size_and_prints_psnr(
     paths = _write_images(tmp_path / "in", 3, (20, 12))
     out = tmp_path / "out"
     code = main(["restore", *map(str, paths), "--checkpoint", str(checkpoint), "--out",
-                 str(out), "--simulate", "--calibration-data", str(data)])  # fmt: skip
+                 str(out), "--simulate", "--calibration-data", str(data),
+                 "--mode", "resize"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "PSNR restored" in printed and "bits/dim" in printed and "typical" in printed
     for path in paths:
-        restored = read_image(out / f"{path.stem}_restored.png")
-        assert restored.shape == (3, 12, 20)  # the input's own size
-    rows = [line.split() for line in printed.splitlines() if line.startswith("face")]
+        restored, _ = read_image(out / f"{path.stem}_restored.png")
+        assert restored.shape == (12, 20, 3)  # the input's own size
+    rows = [line.split() for line in printed.splitlines() if line.startswith(str(paths[0].parent))]
     measured = [float(row[2]) for row in rows]
     restored_psnr = [float(row[3]) for row in rows]
     assert np.mean(restored_psnr) > np.mean(measured)
@@ -118,15 +126,16 @@ def test_unreadable_image_and_mask_are_clear_errors(
     assert code == 2
     assert "not a readable image" in capsys.readouterr().err
     with pytest.raises(ValueError, match="could not be read"):
-        read_mask(bad, 8)
+        read_mask(bad)
 
 
-def test_mask_image_gives_the_inpainting_operator(tmp_path: Path) -> None:
-    mask = np.full((16, 16), 255, dtype=np.uint8)
-    mask[4:12, 4:12] = 0
+def test_mask_image_is_read_at_its_own_size(tmp_path: Path) -> None:
+    mask = np.full((16, 12), 255, dtype=np.uint8)
+    mask[4:12, 4:8] = 0
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    op = read_mask(tmp_path / "mask.png", 8)
-    assert int((op.mask == 0).sum()) == 16  # the 8x8 hole at half the resolution
+    observed = read_mask(tmp_path / "mask.png")
+    assert observed.shape == (1, 16, 12)
+    assert int((observed == 0).sum()) == 32  # the 8x4 hole, in the mask's own pixels
 
 
 def test_demo_runs_offline_and_writes_a_figure_and_a_table(tmp_path: Path) -> None:
@@ -134,3 +143,298 @@ def test_demo_runs_offline_and_writes_a_figure_and_a_table(tmp_path: Path) -> No
     table = (tmp_path / "demo.md").read_text()
     assert "GLOW prox (4 folds)" in table and "biharmonic inpainting" in table
     assert (tmp_path / "demo.png").stat().st_size > 5000
+
+
+def _restore(checkpoint: Path, inputs: list[Path], out: Path, *extra: str) -> int:
+    return main(["restore", *map(str, inputs), "--checkpoint", str(checkpoint), "--out", str(out),
+                 *extra])  # fmt: skip
+
+
+# ------------------------------------------------------------------ item 1: one output per input
+
+
+def test_inputs_sharing_a_name_get_distinct_outputs(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, checkpoint = trained
+    faces = _write_images(tmp_path / "src", 3, (8, 8))
+    inputs = [tmp_path / "a" / "face.png", tmp_path / "b" / "face.png", tmp_path / "a" / "face.jpg"]
+    for source, target in zip(faces, inputs, strict=True):
+        target.parent.mkdir(exist_ok=True)
+        Image.open(source).save(target, quality=95)
+    out = tmp_path / "out"
+    assert _restore(checkpoint, inputs, out) == 0
+    printed = capsys.readouterr().out
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a_face_png_restored.png", "b_face_png_restored.png",
+                       "face_jpg_restored.png"]  # fmt: skip
+    assert f"wrote 3 restored image(s) to {out}" in printed
+    for name in written:  # every input keeps its own output: a/ and b/ are different images
+        assert read_image(out / name)[0].shape == (8, 8, 3)
+    assert not np.array_equal(read_image(out / written[0])[0], read_image(out / written[1])[0])
+
+
+def test_the_same_image_twice_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, checkpoint = trained
+    face = _write_images(tmp_path / "src", 1, (8, 8))[0]
+    twice = [face, tmp_path / "src" / ".." / "src" / face.name]
+    assert _restore(checkpoint, twice, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert "twice" in error and face.name in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ item 5: exact decoding
+
+
+def _ramp(height: int, width: int, channels: int, seed: int) -> np.ndarray:
+    """Values in [0, 1] that use the whole range, (H, W, C)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (height, width, channels))
+
+
+def _mode_cases(folder: Path) -> dict[str, tuple[Path, np.ndarray, int, int]]:
+    """name: (file, expected pixels (H, W, C) in [0, 1], channels, bits) for every mode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases: dict[str, tuple[Path, np.ndarray, int, int]] = {}
+    grey8 = (_ramp(6, 10, 1, 0) * 255).round().astype(np.uint8)
+    Image.fromarray(grey8[..., 0], mode="L").save(folder / "grey8.png")
+    cases["L"] = (folder / "grey8.png", grey8 / 255, 1, 8)
+    grey16 = (_ramp(6, 10, 1, 1) * 65535).round().astype(np.uint16)
+    Image.fromarray(grey16[..., 0]).save(folder / "grey16.png")  # Pillow's I;16 PNG
+    cases["I;16"] = (folder / "grey16.png", grey16 / 65535, 1, 16)
+    Image.fromarray(grey16[..., 0].astype(np.int32)).save(folder / "grey32.tif")  # mode I
+    cases["I"] = (folder / "grey32.tif", grey16 / 65535, 1, 16)
+    cases["I;16 by hand"] = (write_png(folder / "grey16b.png", grey16), grey16 / 65535, 1, 16)
+    rgb8 = (_ramp(6, 10, 3, 2) * 255).round().astype(np.uint8)
+    Image.fromarray(rgb8).save(folder / "rgb8.png")
+    cases["RGB"] = (folder / "rgb8.png", rgb8 / 255, 3, 8)
+    alpha = (_ramp(6, 10, 1, 3) * 255).round().astype(np.uint8)
+    Image.fromarray(np.concatenate([rgb8, alpha], -1)).save(folder / "rgba8.png")
+    on_white = rgb8 / 255 * (alpha / 255) + (1 - alpha / 255)
+    cases["RGBA"] = (folder / "rgba8.png", on_white, 3, 8)
+    Image.fromarray(np.concatenate([grey8, alpha], -1), mode="LA").save(folder / "la8.png")
+    cases["LA"] = (folder / "la8.png", grey8 / 255 * (alpha / 255) + (1 - alpha / 255), 1, 8)
+    palette = Image.fromarray(rgb8).quantize(16)
+    palette.save(folder / "palette.png")
+    cases["P"] = (folder / "palette.png", np.asarray(palette.convert("RGB")) / 255, 3, 8)
+    bilevel = grey8 >= 128
+    Image.fromarray(bilevel[..., 0]).save(folder / "bilevel.png")
+    cases["1"] = (folder / "bilevel.png", bilevel.astype(float), 1, 8)
+    rgb16 = (_ramp(6, 10, 3, 4) * 65535).round().astype(np.uint16)
+    cases["RGB;16 PNG"] = (write_png(folder / "rgb16.png", rgb16), rgb16 / 65535, 3, 16)
+    alpha16 = (_ramp(6, 10, 1, 5) * 65535).round().astype(np.uint16)
+    a = alpha16 / 65535
+    cases["RGBA;16 PNG"] = (
+        write_png(folder / "rgba16.png", np.concatenate([rgb16, alpha16], -1)),
+        rgb16 / 65535 * a + (1 - a), 3, 16,
+    )  # fmt: skip
+    cases["LA;16 PNG"] = (
+        write_png(folder / "la16.png", np.concatenate([grey16, alpha16], -1)),
+        grey16 / 65535 * a + (1 - a), 1, 16,
+    )  # fmt: skip
+    import tifffile
+
+    tifffile.imwrite(folder / "rgb16.tif", rgb16, photometric="rgb")
+    cases["RGB;16 TIFF"] = (folder / "rgb16.tif", rgb16 / 65535, 3, 16)
+    return cases
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["L", "I;16", "I", "I;16 by hand", "RGB", "RGBA", "LA", "P", "1", "RGB;16 PNG",
+     "RGBA;16 PNG", "LA;16 PNG", "RGB;16 TIFF"],
+)  # fmt: skip
+def test_every_mode_is_decoded_by_its_bit_depth_and_written_back_alike(
+    tmp_path: Path, name: str
+) -> None:
+    path, expected, channels, bits = _mode_cases(tmp_path / "in")[name]
+    pixels, image_format = read_image(path)
+    assert pixels.dtype == np.float32 and pixels.shape == (6, 10, channels)
+    np.testing.assert_allclose(pixels, expected, atol=1e-6)
+    assert (image_format.channels, image_format.bits) == (channels, bits)
+    written = write_image(pixels, tmp_path / "out.png", image_format)
+    again, again_format = read_image(written)
+    np.testing.assert_allclose(again, expected, atol=0.5 / (2**bits - 1) + 1e-6)
+    assert (again_format.channels, again_format.bits) == (channels, bits)
+    depth, colour_type = png_depth_and_colour_type(written)
+    assert depth == bits and colour_type == (0 if channels == 1 else 2)
+
+
+def test_transparency_is_composited_on_the_stated_background_or_refused(tmp_path: Path) -> None:
+    path, _, _, _ = _mode_cases(tmp_path / "in")["RGBA"]
+    white, fmt = read_image(path)
+    black, _ = read_image(path, alpha="black")
+    assert fmt.alpha and bool((white >= black).all()) and float((white - black).max()) > 0.5
+    with pytest.raises(ValueError, match="transparen.*--alpha"):
+        read_image(path, alpha="refuse")
+    opaque = tmp_path / "opaque.png"
+    Image.new("RGBA", (4, 4), (10, 20, 30, 255)).save(opaque)
+    pixels, _ = read_image(opaque, alpha="refuse")  # nothing to composite
+    np.testing.assert_allclose(pixels[0, 0], np.array([10, 20, 30]) / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_grey_and_16_bit_inputs_give_grey_16_bit_outputs_with_their_brightness(
+    trained: tuple[Path, Path], tmp_path: Path, bits: int
+) -> None:
+    _, checkpoint = trained
+    grey = (smooth_uint8_images(1, 8, 9)[0].mean(-1) / 255 * 0.5 + 0.2).astype(np.float64)
+    path = tmp_path / f"grey{bits}.png"
+    if bits == 16:
+        Image.fromarray((grey * 65535).round().astype(np.uint16)).save(path)
+    else:
+        Image.fromarray((grey * 255).round().astype(np.uint8)).save(path)
+    out = tmp_path / "out"
+    assert _restore(checkpoint, [path], out) == 0
+    with Image.open(out / f"grey{bits}_restored.png") as written:
+        assert written.mode == ("I;16" if bits == 16 else "L")  # grey stays one channel
+    restored, image_format = read_image(out / f"grey{bits}_restored.png")
+    assert (image_format.channels, image_format.bits) == (1, bits)
+    assert abs(float(restored.mean()) - float(grey.mean())) < 0.1  # not a white image
+
+
+# ------------------------------------------------------------------ item 6: the user's resolution
+
+
+def test_tiled_restore_of_four_copies_matches_per_tile_restores(
+    trained: tuple[Path, Path],
+) -> None:
+    _, checkpoint = trained
+    network, config = load_unrolled(checkpoint)
+    size = config.data.resolution
+    image = torch.from_numpy(smooth_uint8_images(1, size, 11)[0]).permute(2, 0, 1) / 255
+    y = measure_fixed(Identity(), image[None].float(), 0.2, seed=3)
+    four = y.repeat(1, 1, 2, 2)  # four copies of a model-size measurement
+    with torch.no_grad():
+        single = network(y, Identity())
+        tiled = restore_tiles(network, four, Identity(), size)
+    assert tiled.shape == four.shape
+    expected = single.repeat(1, 1, 2, 2)
+    corners, weights = tile_grid(2 * size, 2 * size, size)
+    total = weights_total(corners, weights, 2 * size)
+    torch.testing.assert_close(total, torch.ones_like(total))  # the weights sum to 1
+    copies = 0
+    for (top, left), weight in zip(corners, weights, strict=True):
+        if top % size or left % size:
+            continue  # a tile across the copies' borders
+        copies += 1
+        inside = weight > 1 - 1e-6  # where this tile alone gives the output
+        assert int(inside.sum()) >= (size // 2) ** 2
+        window = (..., slice(top, top + size), slice(left, left + size))
+        torch.testing.assert_close(
+            tiled[window][..., inside], expected[window][..., inside], atol=1e-5, rtol=0
+        )
+    assert copies == 4
+    assert float(psnr(tiled, expected)) > 30  # and close to the copies elsewhere too
+
+
+def weights_total(corners: list[tuple[int, int]], weights: torch.Tensor, side: int) -> torch.Tensor:
+    total = torch.zeros(side, side, dtype=weights.dtype)
+    tile = weights.shape[-1]
+    for (top, left), weight in zip(corners, weights, strict=True):
+        total[top : top + tile, left : left + tile] += weight
+    return total
+
+
+def test_initial_estimate_is_the_prior_mode_at_the_image_size(trained: tuple[Path, Path]) -> None:
+    _, checkpoint = trained
+    network, config = load_unrolled(checkpoint)
+    prior, _ = load_prior(config.prior)
+    size = config.data.resolution
+    initial = InitialEstimates(network, config)
+    torch.testing.assert_close(initial((size, size)), network.x0)
+    x0 = initial((12, 20))
+    assert x0.shape == (1, 3, 12, 20)
+    torch.testing.assert_close(x0, prior_mode(prior, (12, 20)))
+    with torch.no_grad():
+        y = torch.rand(2, 3, 12, 20)
+        assert network(y, Identity(), x0=x0).shape == (2, 3, 12, 20)
+
+
+def test_native_simulate_scores_the_written_file_against_the_input(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, checkpoint = trained
+    paths = _write_images(tmp_path / "in", 2, (18, 10))  # not a multiple of 2**levels = 4
+    out = tmp_path / "out"
+    assert _restore(checkpoint, paths, out, "--simulate", "--noise", "0.1") == 0  # native
+    printed = capsys.readouterr().out
+    assert "mode native" in printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith(str(paths[0].parent))]
+    for path, row in zip(paths, rows, strict=True):
+        original, _ = read_image(path)
+        restored, _ = read_image(out / f"{path.stem}_restored.png")
+        measured, _ = read_image(out / f"{path.stem}_measurement.png")
+        assert restored.shape == original.shape == (10, 18, 3)
+        as_batch = [torch.from_numpy(a).permute(2, 0, 1)[None] for a in (restored, original)]
+        assert float(row[3]) == pytest.approx(float(psnr(*as_batch)), abs=0.01)
+        as_batch[0] = torch.from_numpy(measured).permute(2, 0, 1)[None]
+        assert float(row[2]) == pytest.approx(float(psnr(*as_batch)), abs=0.01)
+
+
+@pytest.mark.parametrize(("mode", "window"), [("native", 4), ("tiles", 4), ("resize", 8)])
+def test_window_is_in_the_inputs_pixels(
+    trained: tuple[Path, Path], tmp_path: Path, mode: str, window: int
+) -> None:
+    _, checkpoint = trained
+    path = _write_images(tmp_path / "in", 1, (16, 16))[0]
+    out = tmp_path / "out"
+    code = _restore(checkpoint, [path], out, "--simulate", "--noise", "0", "--window",
+                    str(window), "--mode", mode)  # fmt: skip
+    assert code == 0
+    measured, _ = read_image(out / f"{path.stem}_measurement.png")
+    hole = (measured == 0).all(-1)
+    assert int(hole.sum()) == window * window
+    start = (16 - window) // 2
+    assert bool(hole[start : start + window, start : start + window].all())
+    assert read_image(out / f"{path.stem}_restored.png")[0].shape == (16, 16, 3)
+
+
+def test_mask_in_the_inputs_pixels_and_help_states_the_default_mode(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, checkpoint = trained
+    path = _write_images(tmp_path / "in", 1, (16, 12))[0]  # 16 wide, 12 high
+    mask = np.full((12, 16), 255, dtype=np.uint8)
+    mask[2:5, 3:9] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    code = _restore(checkpoint, [path], out, "--simulate", "--noise", "0", "--mask",
+                    str(tmp_path / "mask.png"), "--mode", "tiles")  # fmt: skip
+    assert code == 0
+    measured, _ = read_image(out / f"{path.stem}_measurement.png")
+    assert int((measured == 0).all(-1).sum()) == 18
+    with pytest.raises(SystemExit):
+        main(["restore", "--help"])
+    assert "default: native" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------------ item 7: no ignored flag
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prior", "/nonexistent.pt"], "/nonexistent.pt"),
+        (["--noise", "0.1"], "--simulate"),
+        (["--false-alarm", "0"], "--false-alarm"),
+        (["--false-alarm", "1.5"], "--false-alarm"),
+        (["--false-alarm", "0.1"], "--calibration-data"),
+        (["--mask", "MASK"], "16x16"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused(
+    trained: tuple[Path, Path], tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    _, checkpoint = trained
+    path = _write_images(tmp_path / "in", 1, (8, 8))[0]
+    Image.new("L", (16, 16), 255).save(tmp_path / "mask.png")  # not the image's 8x8
+    extra = [str(tmp_path / "mask.png") if e == "MASK" else e for e in extra]
+    out = tmp_path / "out"
+    assert _restore(checkpoint, [path], out, *extra) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()  # refused before anything was written

@@ -6,46 +6,95 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flowprox.apps.demo import run_demo
 from flowprox.apps.restore import (
+    DEFAULT_MODE,
+    MODES,
+    InitialEstimates,
+    Restorer,
     calibrate_restorer,
-    operator_for,
-    prepare_measurements,
-    resize,
+    load_image,
+    output_names,
+    read_mask,
     restore_task,
-    write_image,
+    save_image,
 )
-from flowprox.evaluation.reconstruct import reconstruct_all
 from flowprox.metrics.quality import psnr
-from flowprox.metrics.typicality import TypicalRange, image_bits_per_dim
+from flowprox.metrics.typicality import TypicalRange
 from flowprox.models.prior import load_prior
 from flowprox.models.unrolled import load_unrolled
 from flowprox.physics.tasks import task_label
+from flowprox.utils.images import ALPHA_CHOICES, read_image
+
+DEFAULT_FALSE_ALARM = 0.05
+
+
+def _check_restore_flags(args: argparse.Namespace) -> float:
+    """Refuse the flags that would otherwise be ignored; the false-alarm rate to use."""
+    if args.noise is not None and not args.simulate:
+        raise ValueError(
+            "--noise sets the noise --simulate adds to clean inputs; your images already hold "
+            "their noise: leave --noise out, or add --simulate."
+        )
+    false_alarm = DEFAULT_FALSE_ALARM if args.false_alarm is None else args.false_alarm
+    if not 0 < false_alarm < 0.5:
+        raise ValueError(
+            f"--false-alarm must be in (0, 0.5), got {args.false_alarm:g}; 0.05 flags 5% of "
+            "restored validation images."
+        )
+    if args.false_alarm is not None and not args.calibration_data:
+        raise ValueError(
+            "--false-alarm is used when calibrating: add --calibration-data DATA (a saved "
+            "threshold keeps the rate it was calibrated with)."
+        )
+    if args.prior and not Path(args.prior).is_file():
+        raise FileNotFoundError(
+            f"--prior {args.prior} not found; pass a prior checkpoint (e.g. "
+            "runs/prior/checkpoints/best.pt), or leave --prior out to use the run's."
+        )
+    return false_alarm
 
 
 def command_restore(args: argparse.Namespace) -> int:
-    """Restore (or, with --simulate, degrade then restore) image files."""
+    """Restore (or, with --simulate, degrade then restore) image files at their own size."""
 
+    false_alarm = _check_restore_flags(args)
     network, config = load_unrolled(args.checkpoint)
-    resolution = config.data.resolution
+    channels = config.prior_model.in_channels
     task = restore_task(config, args.window, args.sigma_b, args.noise)
-    op = operator_for(task, resolution, args.mask)
     paths = [Path(p) for p in args.images]
-    y, clean, sizes = prepare_measurements(paths, resolution, task, op, args.simulate, args.seed)
-    x_hat = reconstruct_all(network, y, op, batch_size=32)
-    described = "mask " + str(args.mask) if args.mask else task_label(task)
-    print(f"{config.model.prox} network for {task_label(config.task)}; operator: {described}")
+    names = output_names(paths)
+    images = [load_image(path, channels, args.alpha) for path in paths]
+    mask = read_mask(args.mask) if args.mask else None
+    initial = InitialEstimates(network, config, args.prior) if args.mode == "native" else None
+    restorer = Restorer(
+        network, config, args.mode, task,
+        in_input_pixels=args.window is not None or args.sigma_b is not None,
+        mask=mask, initial=initial,
+    )  # fmt: skip
+    for (image, _), path in zip(images, paths, strict=True):
+        try:
+            restorer.check((image.shape[-2], image.shape[-1]))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
 
-    prior_path = args.prior or (config.prior if config.prior else None)
+    prior_path = args.prior or config.prior
     prior, n_bits = None, 8
     if prior_path and Path(prior_path).is_file():
         prior, prior_config = load_prior(prior_path)
         n_bits = prior_config["train"]["n_bits"]
     typical: TypicalRange | None = None
     cache = Path(str(args.checkpoint) + ".typicality.json")
+    if args.calibration_data and prior is None:
+        raise ValueError(
+            f"--calibration-data needs the prior to score with, but the run's prior "
+            f"{config.prior or '(none)'} is not there; pass --prior PRIOR.pt."
+        )
     if prior is not None and args.calibration_data:
         typical = calibrate_restorer(
-            network, config, prior, args.calibration_data, n_bits, args.false_alarm
+            network, config, prior, args.calibration_data, n_bits, false_alarm
         )
         typical.save(cache)
         print(
@@ -54,29 +103,34 @@ def command_restore(args: argparse.Namespace) -> int:
         )
     elif prior is not None and cache.is_file():
         typical = TypicalRange.load(cache)
-    bpd = image_bits_per_dim(prior, x_hat, n_bits) if prior is not None else None
 
+    described = "mask " + str(args.mask) if args.mask else task_label(task)
+    print(
+        f"{config.model.prox} network for {task_label(config.task)}; operator: {described}; "
+        f"mode {args.mode}"
+    )
     out = Path(args.out)
-    psnr_in = psnr_out = None
-    if clean is not None:
-        psnr_in, psnr_out = psnr(y, clean), psnr(x_hat, clean)
     rows: list[dict[str, Any]] = []
-    for index, (path, size) in enumerate(zip(paths, sizes, strict=True)):
-        restored = resize(x_hat[index : index + 1], size)[0]
-        target = out / f"{path.stem}_restored.png"
-        write_image(restored, target)
-        if clean is not None:
-            write_image(resize(y[index : index + 1].clamp(0, 1), size)[0],
-                        out / f"{path.stem}_measurement.png")  # fmt: skip
-        row: dict[str, Any] = {"image": path.name, "size": f"{size[1]}x{size[0]}"}
-        if psnr_in is not None and psnr_out is not None:
-            row["PSNR measurement"] = f"{float(psnr_in[index]):.2f}"
-            row["PSNR restored"] = f"{float(psnr_out[index]):.2f}"
-        if bpd is not None:
-            value = float(bpd[index])
+    written = 0
+    for index, (path, name, (image, image_format)) in enumerate(
+        zip(paths, names, images, strict=True)
+    ):
+        result = restorer.restore(image, path, args.simulate, args.seed, index)
+        target = save_image(result.restored, out / f"{name}_restored.png", image_format)
+        written += 1
+        size = result.restored.shape[-2:]
+        row: dict[str, Any] = {"image": str(path), "size": f"{size[1]}x{size[0]}"}
+        if result.measurement is not None:
+            measured = save_image(result.measurement, out / f"{name}_measurement.png", image_format)
+            original, _ = read_image(path, args.alpha)
+            row["PSNR measurement"] = f"{_psnr_of_file(measured, original):.2f}"
+            row["PSNR restored"] = f"{_psnr_of_file(target, original):.2f}"
+        if prior is not None:
+            value = restorer.score(prior, result, n_bits)
             row["bits/dim"] = f"{value:.3f}"
             if typical is not None:
                 row["typical"] = "yes" if typical.is_typical(value) else "NO"
+        row["output"] = target.name
         rows.append(row)
     _print_rows(rows)
     flagged = [r["image"] for r in rows if r.get("typical") == "NO"]
@@ -87,12 +141,20 @@ def command_restore(args: argparse.Namespace) -> int:
             f"training images, so the restoration may be unreliable (the threshold also flags "
             f"{100 * typical.false_alarm:g}% of validation images)."
         )
-    if bpd is not None and typical is None:
+    if prior is not None and typical is None:
         print("(no typicality threshold yet: pass --calibration-data DATA once to calibrate it)")
     if prior is None:
-        print("(no likelihood score: pass --prior PRIOR.pt)")
-    print(f"wrote {len(paths)} restored image(s) to {out}")
+        where = f"the run's prior {config.prior} is not there; " if config.prior else ""
+        print(f"(no likelihood score: {where}pass --prior PRIOR.pt)")
+    print(f"wrote {written} restored image(s) to {out}")
     return 0
+
+
+def _psnr_of_file(path: Path, original: Any) -> float:
+    """PSNR of the image file ``path`` against ``original`` pixels ``(H, W, C)``."""
+    pixels, _ = read_image(path)
+    as_batch = [torch.from_numpy(a).permute(2, 0, 1)[None].double() for a in (pixels, original)]
+    return float(psnr(*as_batch)[0])
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
@@ -105,17 +167,51 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
 def add_restore_command(commands: Any) -> None:
     """Register ``restore`` on the subparsers ``commands``."""
-    restore = commands.add_parser("restore", help="restore your own degraded images")
+    restore = commands.add_parser(
+        "restore",
+        help="restore your own degraded images",
+        description="Restore image files at their own resolution with a trained network.",
+    )
     restore.add_argument("images", nargs="+", help="image files (the measurements)")
     restore.add_argument("--checkpoint", required=True, help="a trained unrolled network")
     restore.add_argument("--out", required=True, help="folder for the restored images")
-    change = restore.add_mutually_exclusive_group()
-    change.add_argument("--window", type=int, help="inpaint a centre hole of this size")
-    change.add_argument("--mask", help="inpaint with this mask image (white = observed)")
-    change.add_argument("--sigma-b", type=float, help="deblur a Gaussian blur of this std")
-    restore.add_argument("--noise", type=float, help="measurement noise std (--simulate)")
     restore.add_argument(
-        "--simulate", action="store_true", help="inputs are clean: degrade, restore, print PSNR"
+        "--mode",
+        choices=MODES,
+        default=DEFAULT_MODE,
+        help=(
+            "native: the whole image in one pass, padded to a multiple of 2^levels, from x_0 "
+            "computed for its size (no seams, all the context; needs the run's prior and memory "
+            "for the whole image); tiles: overlapping tiles of the model's size blended with a "
+            "smooth window (bounded memory, no prior needed); resize: shrink to the model's "
+            f"size and back (loses detail) (default: {DEFAULT_MODE})"
+        ),
+    )
+    change = restore.add_mutually_exclusive_group()
+    change.add_argument(
+        "--window", type=int, help="inpaint a centre hole of this size, in the input's pixels"
+    )
+    change.add_argument(
+        "--mask",
+        help="inpaint with this mask image (white = observed), of the input's size",
+    )
+    change.add_argument(
+        "--sigma-b", type=float, help="deblur a Gaussian blur of this std, in the input's pixels"
+    )
+    restore.add_argument(
+        "--noise", type=float, help="measurement noise std that --simulate adds (--simulate only)"
+    )
+    restore.add_argument(
+        "--simulate",
+        action="store_true",
+        help="inputs are clean: degrade, restore, print the PSNR of the written files",
+    )
+    restore.add_argument(
+        "--alpha",
+        choices=ALPHA_CHOICES,
+        default="white",
+        help="drop an alpha channel by compositing on white or black, or refuse transparent "
+        "images (default: white)",
     )
     restore.add_argument("--prior", help="prior for the likelihood score (default: the run's)")
     restore.add_argument(
@@ -124,8 +220,9 @@ def add_restore_command(commands: Any) -> None:
     restore.add_argument(
         "--false-alarm",
         type=float,
-        default=0.05,
-        help="fraction of validation images the calibrated threshold flags (default 0.05)",
+        default=None,
+        help="fraction of validation images the calibrated threshold flags, in (0, 0.5), with "
+        f"--calibration-data (default: {DEFAULT_FALSE_ALARM})",
     )
     restore.add_argument("--seed", type=int, default=2022, help="noise seed for --simulate")
     restore.set_defaults(handler=command_restore)

@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from flowprox.config import DataConfig
+from flowprox.utils.images import read_image
 
 __all__ = [
     "CELEBA_HQ_SPLIT",
@@ -52,7 +53,7 @@ SPLITS: tuple[str, str, str] = ("train", "val", "test")
 CELEBA_HQ_SPLIT: tuple[int, int, int] = (23000, 1500, 1500)
 """The paper's CelebA-HQ split (train, val, test) of the 26,000 images, as absolute counts."""
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """File suffixes (matched case-insensitively) that :func:`load_image_folder` reads."""
 
 CELEBA_MAIN_FILE = "celeba64.npz"
@@ -165,19 +166,19 @@ def _find_images(root: Path) -> list[Path]:
 
 
 def _read_square(path: Path, resolution: int) -> np.ndarray | Exception:
-    """Decode ``path`` to RGB, centre-crop the largest square and resize it to ``resolution``.
+    """Decode ``path`` by its bit depth, centre-crop the largest square, resize to ``resolution``.
 
-    Returns the uint8 array ``(resolution, resolution, 3)``, or the decoding exception of an
-    unreadable file. Raises :class:`_TooSmallError` when the shorter side is below
-    ``resolution``.
+    Decoding is :func:`flowprox.utils.images.read_image` (grey becomes three equal channels,
+    alpha is composited on white). 8-bit images are resized as uint8 RGB by Pillow; 16-bit ones
+    channel by channel in floating point, then rounded to 8 bits. Returns the uint8 array
+    ``(resolution, resolution, 3)``, or the decoding exception of an unreadable file. Raises
+    :class:`_TooSmallError` when the shorter side is below ``resolution``.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        pixels, image_format = read_image(path, alpha="white")
+    except (OSError, ValueError) as error:
         return error
-    width, height = rgb.size
+    height, width = pixels.shape[:2]
     side = min(width, height)
     if side < resolution:
         raise _TooSmallError(
@@ -185,11 +186,20 @@ def _read_square(path: Path, resolution: int) -> np.ndarray | Exception:
             f"{resolution} (its shorter side must be >= {resolution}, no upsampling is done); "
             "use a smaller data.resolution or remove the file."
         )
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
     left, top = (width - side) // 2, (height - side) // 2
-    box = (left, top, left + side, top + side)
     # Crop first: resize(box=...) would let the filter read pixels outside the square.
-    square = rgb.crop(box).resize((resolution, resolution), _RESAMPLE)
-    return np.asarray(square, dtype=np.uint8)
+    square = pixels[top : top + side, left : left + side]
+    size = (resolution, resolution)
+    if image_format.bits == 8:
+        rgb = Image.fromarray(np.round(square * 255).astype(np.uint8))
+        return np.asarray(rgb.resize(size, _RESAMPLE), dtype=np.uint8)
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(square[..., c])).resize(size, _RESAMPLE))
+        for c in range(3)
+    ]
+    return np.round(np.clip(np.stack(channels, axis=-1), 0, 1) * 255).astype(np.uint8)
 
 
 def load_image_folder(
@@ -198,10 +208,12 @@ def load_image_folder(
     """Load every image below ``root`` as a square RGB array of side ``resolution``.
 
     Files with the suffixes in :data:`IMAGE_EXTENSIONS` (any case) are found recursively and
-    read in sorted path order, so the result is deterministic. Each image is converted to RGB
-    (grayscale, palette and RGBA images included; alpha is dropped), centre-cropped to its
-    largest centred square, and resized to ``resolution x resolution`` with Pillow's
-    antialiased LANCZOS filter.
+    read in sorted path order, so the result is deterministic. Each image is decoded by its real
+    bit depth (8- and 16-bit grey, palette, RGB, 16-bit RGB; see
+    :func:`flowprox.utils.images.read_image`), grey becomes three equal channels and an alpha
+    channel is composited on white; then it is centre-cropped to its largest centred square,
+    resized to ``resolution x resolution`` with Pillow's antialiased LANCZOS filter and rounded
+    to 8 bits.
 
     Args:
         root: the folder to search (recursively).

@@ -111,10 +111,7 @@ class UnrolledProximalGradient(nn.Module):
         if initial_estimate == "prior_mode":
             if prior is None:
                 raise ValueError("initial_estimate='prior_mode' needs the pre-trained prior.")
-            with torch.no_grad():
-                dtype = next(prior.parameters()).dtype
-                x0 = prior.inverse(torch.zeros(1, prior.latent_dim(), dtype=dtype))
-            self.register_buffer("x0", x0)
+            self.register_buffer("x0", prior_mode(prior))
         else:
             self.register_buffer("x0", None)
 
@@ -164,19 +161,22 @@ class UnrolledProximalGradient(nn.Module):
             return x - self.mu[k] * op.A_adjoint(op.A(x) - y)
         return op.prox_data(x, y, self.rho[k])
 
-    def initial(self, y: Tensor, op: LinearOperator) -> Tensor:
-        """``x_0`` for measurements ``y``."""
+    def initial(self, y: Tensor, op: LinearOperator, x0: Tensor | None = None) -> Tensor:
+        """``x_0`` for measurements ``y``; ``x0`` replaces the stored prior mode (e.g. the
+        prior's mode at another image size, ``prior_mode(prior, (H, W))``)."""
         if self.initial_estimate == "adjoint":
             return op.A_adjoint(y)
         x_shape = op.A_adjoint(y[:1]).shape
         if self.initial_estimate == "zeros":
             return y.new_zeros((y.shape[0], *x_shape[1:]))
-        if tuple(self.x0.shape[1:]) != tuple(x_shape[1:]):
+        start = self.x0 if x0 is None else x0
+        if tuple(start.shape[1:]) != tuple(x_shape[1:]):
             raise ValueError(
-                f"the measurements belong to images of shape {tuple(x_shape[1:])} but the prior "
-                f"was built for {tuple(self.x0.shape[1:])}; resize the images to the prior's size."
+                f"the measurements belong to images of shape {tuple(x_shape[1:])} but x_0 has "
+                f"shape {tuple(start.shape[1:])}; pass x0=prior_mode(prior, (H, W)) for this "
+                "size, or resize the images to the prior's size."
             )
-        return self.x0.to(y.dtype).expand(y.shape[0], *x_shape[1:])
+        return start.to(y.dtype).expand(y.shape[0], *x_shape[1:])
 
     def fold(self, k: int, x: Tensor, y: Tensor, op: LinearOperator) -> Tensor:
         """Fold ``k`` (0-based): data step then prox (whose shrinkage the last fold may skip)."""
@@ -184,24 +184,46 @@ class UnrolledProximalGradient(nn.Module):
         lambda_ = self.lambda_[self._lambda_index[k]] if self._shrinks(k) else None
         return self.proxes[k](x_tilde, lambda_)
 
-    def forward(self, y: Tensor, op: LinearOperator, return_all: bool = False):
+    def forward(
+        self,
+        y: Tensor,
+        op: LinearOperator,
+        return_all: bool = False,
+        x0: Tensor | None = None,
+    ):
         """Reconstruct images from measurements ``y = A x + n``.
 
         Args:
             y: measurements ``(B, C, H, W)``.
             op: the forward operator ``A``.
             return_all: also return ``[x_0, x_1, ..., x_K]``.
+            x0: ``(1, C, H, W)``, the prior's mode at the images' size when it is not the size
+                the network was built for (``initial_estimate="prior_mode"`` only).
 
         Returns:
             ``x^`` of shape ``(B, C, H, W)``, and the list of iterates if ``return_all``.
         """
         check_image_batch(y, "y")
-        x = self.initial(y, op)
+        x = self.initial(y, op, x0)
         iterates = [x]
         for k in range(self.num_folds):
             x = self.fold(k, x, y, op)
             iterates.append(x)
         return (x, iterates) if return_all else x
+
+
+@torch.no_grad()
+def prior_mode(prior: Glow, image_size: tuple[int, int] | None = None) -> Tensor:
+    """``x_0 = g_0(0)``, the pre-trained flow's image of the zero latent, ``(1, C, H, W)``.
+
+    ``image_size`` ``(H, W)`` (multiples of ``2**levels``) defaults to the flow's own size; the
+    flow is convolutional, so its mode at another size is the same computation on a larger
+    latent (what restoring an image at its own resolution starts from).
+    """
+    dtype = next(prior.parameters()).dtype
+    device = next(prior.parameters()).device
+    z = torch.zeros(1, prior.latent_dim(image_size), dtype=dtype, device=device)
+    return prior.inverse(z, image_size)
 
 
 def flow_unrolled_network(

@@ -94,21 +94,28 @@ def ood_task(task: TaskConfig) -> TaskConfig:
     return dataclasses.replace(task, **changes)
 
 
-def build_operator(task: TaskConfig, image_size: int, channels: int = 3) -> LinearOperator:
-    """The forward operator ``A`` of ``task`` for ``channels x image_size x image_size`` images."""
+def build_operator(
+    task: TaskConfig, image_size: int | tuple[int, int], channels: int = 3
+) -> LinearOperator:
+    """The forward operator ``A`` of ``task`` for ``channels x H x W`` images.
+
+    ``image_size`` is ``(H, W)``, or an int for square images; the task's window, blur and
+    random mask are in the pixels of that grid.
+    """
     validate_task(task)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if task.kind == "denoise":
         return Identity()
     if task.kind == "inpaint":
-        if task.window >= image_size:
+        if task.window >= min(height, width):
             raise ValueError(
-                f"task.window = {task.window} leaves nothing observed in {image_size}x"
-                f"{image_size} images; use a smaller window."
+                f"task.window = {task.window} leaves nothing observed in {width}x{height} "
+                "images; use a smaller window."
             )
-        return Mask.center_square(image_size, image_size, task.window)
+        return Mask.center_square(height, width, task.window)
     if task.kind == "inpaint-random":
         generator = torch.Generator().manual_seed(task.mask_seed)
-        return Mask.random_pixels(image_size, image_size, task.fraction_missing, generator)
+        return Mask.random_pixels(height, width, task.fraction_missing, generator)
     kernel_size = task.kernel_size if task.kernel_size > 0 else None
     return GaussianBlur(task.sigma_b, kernel_size=kernel_size, boundary=task.boundary)
 
