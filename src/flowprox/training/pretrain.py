@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from flowprox.config import PriorExperiment, config_to_dict
-from flowprox.data.datasets import ImageDataset, describe, load_splits
+from flowprox.data.datasets import ImageDataset
 from flowprox.flows import Glow
 from flowprox.flows.dequantization import bits_per_dim, dequantize
 from flowprox.models.prior import build_glow
@@ -34,6 +34,7 @@ from flowprox.training.trainer import (
     Trainer,
     loop_settings,
     step_generator,
+    train_and_val_splits,
     training_batches,
 )
 
@@ -102,7 +103,7 @@ def _pretrain(
     _check_prior_config(config, context)
     config_dict = config_to_dict(config)
     run_dir = open_run_directory(out, config_dict, argv, context.is_main, resume)
-    train_set, val_set = _load_train_and_val(config, context)
+    train_set, val_set = train_and_val_splits(config.data, context, "pre-training")
     glow = _build_initialized_glow(config, train_set, resume, context)
     trainer = _make_prior_trainer(config, config_dict, glow, run_dir, context, resume)
     objective = MaximumLikelihood(config, val_set, train_set[0].shape, context)
@@ -126,21 +127,6 @@ def _check_prior_config(config: PriorExperiment, context: DistributedContext) ->
             f"{config.data.resolution}; set both to the same size."
         )
     check_global_batch(config.train.batch_size, context)
-
-
-def _load_train_and_val(
-    config: PriorExperiment, context: DistributedContext
-) -> tuple[ImageDataset, ImageDataset]:
-    """The training and validation splits of ``config.data`` (both are required)."""
-    splits = load_splits(config.data)
-    if "train" not in splits or "val" not in splits:
-        raise ValueError(
-            f"{config.data.path} has no train/val split; pre-training needs both "
-            "(an .npz with train and val arrays, or an image folder)."
-        )
-    if context.is_main:
-        print(f"data: {describe(splits)}")
-    return splits["train"], splits["val"]
 
 
 def _build_initialized_glow(

@@ -27,7 +27,7 @@ from flowprox.config import (
     config_from_dict,
     config_to_dict,
 )
-from flowprox.data.datasets import ImageDataset, describe, load_splits
+from flowprox.data.datasets import ImageDataset
 from flowprox.evaluation.reconstruct import reconstruct_all, stack_images
 from flowprox.flows import Glow
 from flowprox.metrics.quality import psnr
@@ -49,6 +49,7 @@ from flowprox.training.trainer import (
     Trainer,
     loop_settings,
     step_generator,
+    train_and_val_splits,
     training_batches,
 )
 from flowprox.utils.validation import NonFiniteError
@@ -121,7 +122,7 @@ def _train(
     config, prior = _with_loaded_prior(config)
     config_dict = config_to_dict(config)
     run_dir = open_run_directory(out, config_dict, argv, context.is_main, resume)
-    train_set, val_set = _load_train_and_val(config, context)
+    train_set, val_set = train_and_val_splits(config.data, context, "training")
     image_shape = train_set[0].shape
     op = build_operator(config.task, config.data.resolution, image_shape[0]).to(context.device)
     network = _build_network(config, op, prior, resume, context)
@@ -159,18 +160,6 @@ def _with_loaded_prior(config: UnrolledExperiment) -> tuple[UnrolledExperiment, 
             "(the best.pt of a `flowprox pretrain` run)."
         )
     return config, None
-
-
-def _load_train_and_val(
-    config: UnrolledExperiment, context: DistributedContext
-) -> tuple[ImageDataset, ImageDataset]:
-    """The training and validation splits of ``config.data`` (both are required)."""
-    splits = load_splits(config.data)
-    if "train" not in splits or "val" not in splits:
-        raise ValueError(f"{config.data.path} has no train/val split; training needs both.")
-    if context.is_main:
-        print(f"data: {describe(splits)}")
-    return splits["train"], splits["val"]
 
 
 def _build_network(

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from flowprox.config import DataConfig
+from flowprox.data.datasets import ImageDataset, describe, load_splits
 from flowprox.training.distributed import (
     DistributedContext,
     all_reduce_max,
@@ -156,6 +158,21 @@ def training_batches(
         world_size=context.world_size,
     )
     return batches(dataset, sampler, num_workers, context.device)
+
+
+def train_and_val_splits(
+    data: DataConfig, context: DistributedContext, purpose: str
+) -> tuple[ImageDataset, ImageDataset]:
+    """The training and validation splits of ``data``, both required for ``purpose``."""
+    splits = load_splits(data)
+    if "train" not in splits or "val" not in splits:
+        raise ValueError(
+            f"{data.path} has no train/val split; {purpose} needs both "
+            "(an .npz with train and val arrays, or an image folder)."
+        )
+    if context.is_main:
+        print(f"data: {describe(splits)}")
+    return splits["train"], splits["val"]
 
 
 LossFn = Callable[[nn.Module, Tensor, int], Tensor]
