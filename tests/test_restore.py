@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,20 @@ import torch
 from conftest import png_depth_and_colour_type, smooth_uint8_images, write_face_data, write_png
 from PIL import Image
 
-from flowprox.apps.restore import InitialEstimates, read_mask, restore_tiles, tile_grid
+from flowprox.apps.restore import (
+    InitialEstimates,
+    Restorer,
+    read_mask,
+    restore_tiles,
+    size_multiple,
+    tile_grid,
+)
 from flowprox.cli.main import main
 from flowprox.config import PriorExperiment, load_config, preset_path
 from flowprox.metrics.quality import psnr
 from flowprox.metrics.typicality import TypicalRange, auroc, calibrate
 from flowprox.models.prior import load_prior
-from flowprox.models.unrolled import load_unrolled
+from flowprox.models.unrolled import build_unrolled, load_unrolled
 from flowprox.optim.unrolled import prior_mode
 from flowprox.physics.noise import measure_fixed
 from flowprox.physics.operators import Identity
@@ -438,3 +446,54 @@ def test_flags_that_would_be_ignored_are_refused(
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("prox", ["unet", "resnet"])
+@pytest.mark.parametrize("mode", ["native", "tiles"])
+def test_cnn_networks_restore_images_of_any_size(prox: str, mode: str) -> None:
+    config = unrolled_config("inpaint", prox, "tiny")  # U-Net depth 2: sides padded to 4
+    network = build_unrolled(config, Identity()).eval()
+    assert size_multiple(config, network) == (4 if prox == "unet" else 1)
+    restorer = Restorer(network, config, mode, config.task)
+    image = torch.rand(3, 10, 18)
+    result = restorer.restore(image, Path("x.png"), simulate=True, seed=0)
+    assert result.restored.shape == (3, 10, 18) and result.measurement is not None
+    hole = (result.measurement == 0).all(0)  # the checkpoint's 3x3 hole, in the input's pixels
+    assert int(hole.sum()) == 9 and bool(hole[3:6, 7:10].all())
+    assert bool(torch.isfinite(result.restored).all())
+
+
+def test_native_mode_without_the_runs_prior_is_a_clear_error(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, checkpoint = trained
+    network, config = load_unrolled(checkpoint)
+    moved = dataclasses.replace(config, prior=str(tmp_path / "gone.pt"))
+    with pytest.raises(ValueError, match=r"gone\.pt is not there.*--prior.*--mode tiles"):
+        InitialEstimates(network, moved)((12, 20))
+    other = tmp_path / "other"
+    prior_config = load_config(PriorExperiment, preset_path("prior", "tiny"),
+                               [f'data.path="{trained[0]}"', "train.max_steps=2",
+                                "model.seed=7"])  # fmt: skip
+    pretrain_prior(prior_config, other)
+    with pytest.raises(ValueError, match="another mode than the checkpoint's x_0"):
+        InitialEstimates(network, moved, other / "checkpoints" / "best.pt")((12, 20))
+    size = config.data.resolution  # the stored x_0 needs no prior
+    torch.testing.assert_close(InitialEstimates(network, moved)((size, size)), network.x0)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pillow_shows_the_image(
+    tmp_path: Path, orientation: int
+) -> None:
+    from PIL import ImageOps
+
+    pixels = (_ramp(4, 6, 3, 8) * 255).round().astype(np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    decoded, _ = read_image(tmp_path / "photo.jpg")
+    with Image.open(tmp_path / "photo.jpg") as opened:
+        shown = np.asarray(ImageOps.exif_transpose(opened)) / 255
+    np.testing.assert_allclose(decoded, shown, atol=1e-6)

@@ -11,6 +11,7 @@ alpha as if it were not there; here every mode is scaled by its own bit depth in
 * 16-bit colour or grey-alpha PNG (colour types 2, 4, 6) and 16-bit RGB(A) TIFF, which Pillow
   would truncate to 8 bits: read here with numpy (PNG) or ``tifffile`` (TIFF).
 
+A photo's EXIF orientation is applied, so the pixels are the way the image is shown.
 An alpha channel (``LA``, ``RGBA``, ``PA``, a palette or colour key with transparency) is
 composited on a stated background, white by default (``alpha="black"`` for black), or refused
 (``alpha="refuse"``) when any pixel is transparent. :func:`write_image` writes a result like its
@@ -37,6 +38,7 @@ _BACKGROUND = {"white": 1.0, "black": 0.0}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (no palette)
 _TIFF_BITS_PER_SAMPLE = 258
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def read_image(path: str | Path, alpha: str = "white") -> tuple[np.ndarray, Imag
         with Image.open(path) as image:
             image.load()
             samples, bits, mode, has_alpha = _decode(image, path)
+            samples = _upright(samples, image.getexif().get(_EXIF_ORIENTATION, 1))
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError, zlib.error) as error:
         raise ValueError(
             f"{path} is not a readable image ({error}); pass PNG, JPEG, TIFF or another format "
@@ -179,6 +182,26 @@ def _decode(image: Image.Image, path: Path) -> tuple[np.ndarray, int, str, bool]
             "save it as an RGB or grey image."
         ) from error
     return _scaled(rgb, 255), 8, mode, False
+
+
+def _upright(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn ``(H, W, K)`` samples as the EXIF orientation tag says (a camera's portrait photo
+    is stored sideways), as ``PIL.ImageOps.exif_transpose`` does."""
+    if orientation == 2:
+        samples = samples[:, ::-1]
+    elif orientation == 3:
+        samples = samples[::-1, ::-1]
+    elif orientation == 4:
+        samples = samples[::-1]
+    elif orientation == 5:
+        samples = samples.transpose(1, 0, 2)
+    elif orientation == 6:
+        samples = np.rot90(samples, -1)
+    elif orientation == 7:
+        samples = samples[::-1, ::-1].transpose(1, 0, 2)
+    elif orientation == 8:
+        samples = np.rot90(samples, 1)
+    return np.ascontiguousarray(samples)
 
 
 def _scaled(image: Image.Image, peak: int) -> np.ndarray:
