@@ -10,6 +10,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -31,28 +32,19 @@ from flowprox.training.task import train_unrolled
 class Pipeline(Reproduction):
     """The stages of one reproduction in ``out``, run in order by ``run``."""
 
-    def __init__(
-        self,
-        preset: str,
-        data: str | Path,
-        out: str | Path,
-        device: str = "cpu",
-        tasks: tuple[str, ...] = TASKS,
-        overrides: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(preset, data, out, device, tasks, overrides)
-        self.stages: list[tuple[str, Callable[[], dict[str, Any]]]] = []
-        self._plan()
-
-    def _plan(self) -> None:
-        self.stages.append(("prior", self._pretrain))
+    @functools.cached_property
+    def stages(self) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+        """Every stage in order: the prior, each method of each task, each task's evaluation,
+        the report."""
+        stages: list[tuple[str, Callable[[], dict[str, Any]]]] = [("prior", self._pretrain)]
         for task in self.tasks:
             for method in methods_for(task):
                 name = f"train-{task}-{method.key}"
-                self.stages.append((name, lambda t=task, m=method: self._train(t, m)))
+                stages.append((name, lambda t=task, m=method: self._train(t, m)))
         for task in self.tasks:
-            self.stages.append((f"evaluate-{task}", lambda t=task: evaluate_task(self, t)))
-        self.stages.append(("report", lambda: {"results": str(write_report(self))}))
+            stages.append((f"evaluate-{task}", lambda t=task: evaluate_task(self, t)))
+        stages.append(("report", lambda: {"results": str(write_report(self))}))
+        return stages
 
     def run(self) -> Path:
         """Run every stage not yet done; returns the path of ``results.md``."""
