@@ -8,8 +8,10 @@ quotes unless they look like numbers). Unknown keys are errors that list the val
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -21,6 +23,88 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 T = TypeVar("T")
+
+_DEVICE = re.compile(r"(cpu|cuda(:[0-9]+)?)")
+_MAX_INT = 2**62  # counts and sizes beyond this are mistakes (and overflow torch's int64)
+_MAX_SEED = 2**63 - 1
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is ``cpu``, ``cuda`` or ``cuda:N``; else a ValueError naming the forms.
+
+    The one check of a device name: the command line's ``--device`` and ``train.device`` use it
+    (whether CUDA is there is checked when the run starts, ``training.distributed``).
+    """
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise ValueError(f"device {name!r} is not one of cpu, cuda or cuda:N (e.g. cuda:0).")
+    return name
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _count(low: int = 1, high: int = _MAX_INT) -> Rule:
+    def ok(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    return (
+        ok,
+        f"a whole number >= {low}" if high == _MAX_INT else f"a whole number in {low}..{high}",
+    )
+
+
+def _number(
+    low: float = 0.0, high: float = math.inf, positive: bool = False, below: bool = False
+) -> Rule:
+    def ok(value: Any) -> bool:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            return False
+        above_low = value > low if positive else value >= low
+        under_high = value < high if below else value <= high
+        return above_low and under_high
+
+    lower = f"> {low:g}" if positive else f">= {low:g}"
+    if high == math.inf:
+        return ok, f"a finite number {lower}"
+    return ok, f"a finite number {lower} and {'<' if below else '<='} {high:g}"
+
+
+def _finite() -> Rule:
+    def ok(value: Any) -> bool:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+
+    return ok, "a finite number"
+
+
+def _one_of(*choices: str) -> Rule:
+    return (lambda value: value in choices), f"one of {', '.join(map(repr, choices))}"
+
+
+def _device() -> Rule:
+    return (lambda value: isinstance(value, str) and bool(_DEVICE.fullmatch(value))), (
+        "'cpu', 'cuda' or 'cuda:N'"
+    )
+
+
+def _validate(config: Any, section: str, rules: dict[str, Rule]) -> None:
+    """Raise a ValueError naming the first field of ``config`` that breaks its rule and how to
+    change it."""
+    for name, (ok, requirement) in rules.items():
+        value = getattr(config, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if all(ok(v) for v in values):
+            continue
+        label = f"{section}.{name}" if section else name
+        raise ValueError(
+            f"{label} must be {requirement}, got {value!r}; change it (--set {label}=VALUE or "
+            "the config file)."
+        )
 
 
 @dataclass(frozen=True)
@@ -36,6 +120,13 @@ class GlowConfig:
     seed: int = 0
     #: lower bound of the affine couplings' scales; bounds the inverse's amplification by 1/floor
     scale_floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _validate(self, "model", {
+            "in_channels": _count(), "levels": _count(1, 16), "steps_per_level": _count(),
+            "hidden": _count(), "image_size": _count(), "seed": _count(0, _MAX_SEED),
+            "scale_floor": _number(0.0, 1.0, below=True),
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,6 +145,12 @@ class DataConfig:
     num_workers: int = 0
     strict: bool = False
     max_train_images: int = 0
+
+    def __post_init__(self) -> None:
+        _validate(self, "data", {
+            "resolution": _count(), "split_sizes": _number(), "split_seed": _count(0, _MAX_SEED),
+            "num_workers": _count(0, 1024), "max_train_images": _count(0),
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,6 +181,17 @@ class PretrainConfig:
     # a smoothed density whose support holds the noisy images the GLOW prox is fed.
     noise_sigma_max: float = 0.0
 
+    def __post_init__(self) -> None:
+        _validate(self, "train", {
+            "n_bits": _count(1, 8), "batch_size": _count(), "lr": _number(positive=True),
+            "optimizer": _one_of("adam", "adamax"), "warmup_steps": _count(0),
+            "lr_schedule": _one_of("constant", "cosine"), "final_lr_fraction": _number(0, 1),
+            "max_steps": _count(), "time_limit_minutes": _number(), "grad_clip": _number(),
+            "init_batch_size": _count(), "eval_every": _count(), "checkpoint_every": _count(),
+            "log_every": _count(), "max_bad_steps": _count(), "max_restores": _count(0),
+            "eval_batch_size": _count(), "val_images": _count(0), "device": _device(),
+        })  # fmt: skip
+
 
 @dataclass(frozen=True)
 class PriorExperiment:
@@ -94,6 +202,9 @@ class PriorExperiment:
     model: GlowConfig = field(default_factory=GlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self, "", {"seed": _count(0, _MAX_SEED)})
 
 
 @dataclass(frozen=True)
@@ -119,6 +230,15 @@ class TaskConfig:
     ood_sigma_n: float = -1.0
     ood_window: int = 0
     ood_sigma_b: float = 0.0
+
+    def __post_init__(self) -> None:
+        _validate(self, "task", {
+            "sigma_n": _number(), "window": _count(0),
+            "fraction_missing": _number(0, 1, below=True), "mask_seed": _count(0, _MAX_SEED),
+            "sigma_b": _number(), "kernel_size": _count(0),
+            "boundary": _one_of("circular", "zero"), "ood_sigma_n": _finite(),
+            "ood_window": _count(0), "ood_sigma_b": _number(),
+        })  # fmt: skip
 
 
 class ProxKind(str, Enum):
@@ -188,6 +308,13 @@ class UnrolledModelConfig:
     rho_prox_sigma: float = 0.1
     rho_floor: float = 1e-4
 
+    def __post_init__(self) -> None:
+        _validate(self, "model", {
+            "prox": _one_of(*ProxKind.values()), "num_folds": _count(1, 1000),
+            "mu_init": _number(), "lambda_init": _number(), "resnet_features": _count(),
+            "resnet_blocks": _count(0), "unet_base": _count(), "unet_depth": _count(1, 16),
+        })  # fmt: skip
+
 
 @dataclass(frozen=True)
 class UnrolledTrainConfig:
@@ -218,6 +345,18 @@ class UnrolledTrainConfig:
     measurement_seed: int = 1234
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        _validate(self, "train", {
+            "batch_size": _count(), "lr": _number(positive=True), "lr_step": _number(),
+            "betas": _number(0, 1, below=True), "eps": _number(positive=True),
+            "max_steps": _count(), "time_limit_minutes": _number(), "eval_every": _count(),
+            "checkpoint_every": _count(), "log_every": _count(), "grad_clip": _number(),
+            "max_bad_steps": _count(), "max_restores": _count(0),
+            "early_stopping_patience": _count(0), "val_images": _count(0),
+            "eval_batch_size": _count(), "measurement_seed": _count(0, _MAX_SEED),
+            "device": _device(),
+        })  # fmt: skip
+
 
 @dataclass(frozen=True)
 class UnrolledExperiment:
@@ -238,6 +377,9 @@ class UnrolledExperiment:
     prior_model: GlowConfig = field(default_factory=GlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: UnrolledTrainConfig = field(default_factory=UnrolledTrainConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self, "", {"seed": _count(0, _MAX_SEED)})
 
 
 def _build(cls: type[T], values: dict[str, Any], where: str) -> T:

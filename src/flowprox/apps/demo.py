@@ -7,15 +7,20 @@ demo pre-trains a small Glow prior on them, trains the 4-fold unrolled GLOW prox
 inpaint a centre 8x8 hole, and compares it on the test faces with the measurement and
 biharmonic inpainting: a PSNR table (``demo.md``) and a figure (``demo.png``). (Denoising is
 not the demo's task: the flow's inverse is unstable on noisy images, see the README.)
+
+A rerun reuses the two trained stages when their settings (``--minutes`` included) are those of
+``stages/*.json``; with other settings it stops and lists them until ``--redo prior|train|all``.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from flowprox.config import (
     DataConfig,
@@ -26,6 +31,7 @@ from flowprox.config import (
     UnrolledExperiment,
     UnrolledModelConfig,
     UnrolledTrainConfig,
+    config_to_dict,
 )
 from flowprox.evaluation.evaluate import (
     classical_method_name,
@@ -40,6 +46,8 @@ from flowprox.evaluation.figures import comparison_figure
 from flowprox.models.unrolled import load_unrolled
 from flowprox.training.pretrain import pretrain_prior
 from flowprox.training.task import train_unrolled
+from flowprox.utils.runlock import RunLock
+from flowprox.utils.stages import Stage, StageRunner
 
 RESOLUTION = 24
 TASK = TaskConfig(kind="inpaint", window=8, ood_window=6)
@@ -62,20 +70,39 @@ def lfw_faces() -> dict[str, np.ndarray]:
     }
 
 
-def run_demo(out: str | Path, minutes: float = 1.5, seed: int = 0) -> Path:
-    """Run the demo into ``out``; returns the path of ``demo.md``."""
+def run_demo(
+    out: str | Path, minutes: float = 1.5, seed: int = 0, redo: Sequence[str] = ()
+) -> Path:
+    """Run the demo into ``out``; returns the path of ``demo.md``.
 
+    ``out`` is locked while the demo runs. Its two training stages (``prior``, ``train``) are
+    reused on a rerun only if they were made with the same settings (``--minutes`` included);
+    otherwise the demo stops, listing the differences, until ``redo`` names them (``--redo``).
+    """
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"--minutes must be a number > 0, got {minutes}.")
     out = Path(out)
-    started = time.monotonic()
-    stages = tqdm(total=4, desc="demo", unit="stage", position=0)
-    data_path = out / "data" / "lfw_faces.npz"
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(data_path, **lfw_faces())
-    data = DataConfig(path=str(data_path), resolution=RESOLUTION)
-    stages.update(1)
+    with RunLock(out):
+        return _run_demo(out, minutes, seed, redo)
 
-    stages.set_postfix_str("pre-training the prior")
+
+def _portable(config: PriorExperiment | UnrolledExperiment) -> dict[str, Any]:
+    """The config as fingerprinted: without the device, the data path (the demo writes its own
+    data) and the prior's path (an input, fingerprinted by content)."""
+    values = config_to_dict(config)
+    values["train"].pop("device", None)
+    values["data"].pop("path", None)
+    values["data"].pop("num_workers", None)
+    values.pop("prior", None)
+    return values
+
+
+def _run_demo(out: Path, minutes: float, seed: int, redo: Sequence[str]) -> Path:
+    started = time.monotonic()
+    data_path = out / "data" / "lfw_faces.npz"
+    data = DataConfig(path=str(data_path), resolution=RESOLUTION)
     prior_run = out / "prior"
+    prior_path = prior_run / "checkpoints" / "best.pt"
     prior_config = PriorExperiment(
         name="demo-prior",
         seed=seed,
@@ -89,12 +116,6 @@ def run_demo(out: str | Path, minutes: float = 1.5, seed: int = 0) -> Path:
             checkpoint_every=100, log_every=20, eval_batch_size=64,
         ),
     )  # fmt: skip
-    if not (prior_run / "checkpoints" / "best.pt").is_file():
-        pretrain_prior(prior_config, prior_run, argv=["demo"])
-    stages.update(1)
-
-    stages.set_postfix_str("training the unrolled GLOW prox")
-    prior_path = prior_run / "checkpoints" / "best.pt"
     run = out / "glow-inpaint"
     config = UnrolledExperiment(
         name="demo-glow-inpaint",
@@ -108,11 +129,33 @@ def run_demo(out: str | Path, minutes: float = 1.5, seed: int = 0) -> Path:
             checkpoint_every=20, log_every=5, early_stopping_patience=0, val_images=10,
         ),
     )  # fmt: skip
-    if not (run / "checkpoints" / "best.pt").is_file():
-        train_unrolled(config, run, argv=["demo"])
-    stages.update(1)
 
-    stages.set_postfix_str("evaluating")
+    def pretrain() -> dict[str, Any]:
+        resume = (prior_run / "checkpoints" / "last.pt").is_file()
+        pretrain_prior(prior_config, prior_run, resume=resume, argv=["demo"])
+        return {"run": str(prior_run)}
+
+    def train() -> dict[str, Any]:
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        train_unrolled(config, run, resume=resume, argv=["demo"])
+        return {"run": str(run)}
+
+    stages = [
+        Stage("prior", pretrain, lambda: {"config": _portable(prior_config)},
+              outputs=lambda: [prior_run]),
+        Stage("train", train, lambda: {"config": _portable(config)},
+              lambda: {"prior/checkpoints/best.pt": prior_path}, ("prior",),
+              outputs=lambda: [run]),
+    ]  # fmt: skip
+    runner = StageRunner(out, stages, "demo", {"minutes": minutes, "seed": seed})
+    redone = runner.redo_names(redo)
+    runner.check(skip=redone)
+    runner.remove(redone)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(data_path, **lfw_faces())
+    runner.run("demo (pre-train the prior, train the unrolled GLOW prox)")
+
+    print("evaluating on the test faces")
     network, trained = load_unrolled(run / "checkpoints" / "best.pt")
     evaluation = load_evaluation_set(TASK, "in-distribution", data_path, RESOLUTION)
     validation = load_evaluation_set(
@@ -140,9 +183,7 @@ def run_demo(out: str | Path, minutes: float = 1.5, seed: int = 0) -> Path:
         "# flowprox demo\n\n"
         f"Inpainting a centre 8x8 hole in the {len(evaluation.x)} held-out test faces of "
         "scikit-image's LFW subset, 24x24; the prior and the network were trained here on 80 "
-        f"faces in {minutes_taken:.1f} minutes.\n\n{table}\n\n![demo](demo.png)\n"
+        f"faces, each for up to {minutes:g} minutes.\n\n{table}\n\n![demo](demo.png)\n"
     )
-    stages.update(1)
-    stages.close()
     print(f"\n{table}\n\nwrote {report} and {out / 'demo.png'} in {minutes_taken:.1f} min")
     return report

@@ -231,7 +231,7 @@ def add_restore_command(commands: Any) -> None:
 def command_demo(args: argparse.Namespace) -> int:
     """The method end to end on scikit-image's bundled faces, offline, in minutes."""
 
-    run_demo(args.out, minutes=args.minutes)
+    run_demo(args.out, minutes=args.minutes, redo=args.redo or ())
     return 0
 
 
@@ -241,5 +241,11 @@ def add_demo_command(commands: Any) -> None:
     demo.add_argument("--out", default="flowprox-demo", help="output folder")
     demo.add_argument(
         "--minutes", type=float, default=1.5, help="training time of each of the two stages"
+    )
+    demo.add_argument(
+        "--redo",
+        action="append",
+        choices=["prior", "train", "all"],
+        help="train this stage again (and the ones after it) with these settings",
     )
     demo.set_defaults(handler=command_demo)

@@ -12,6 +12,15 @@ import torch
 
 from flowprox._version import __version__
 from flowprox.cli.apps import add_demo_command, add_restore_command
+from flowprox.cli.options import (
+    FlowproxParser,
+    add_device_argument,
+    add_strict_argument,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from flowprox.cli.tasks import add_task_commands
 from flowprox.config import DataConfig, PriorExperiment, load_config, preset_path
 from flowprox.data.datasets import load_splits
@@ -20,6 +29,7 @@ from flowprox.models.prior import load_prior
 from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask
 from flowprox.training.pretrain import evaluate_bits_per_dim, pretrain_prior
 from flowprox.utils.images import save_grid
+from flowprox.utils.runlock import RunLock
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -134,6 +144,7 @@ def command_evaluate_prior(args: argparse.Namespace) -> int:
         resolution=glow.image_size[0],
         split_sizes=tuple(saved["data"]["split_sizes"]),
         split_seed=saved["data"]["split_seed"],
+        strict=args.strict,
     )
     splits = load_splits(data_config)
     if args.split not in splits:
@@ -149,15 +160,21 @@ def command_evaluate_prior(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subparser per subcommand."""
-    parser = argparse.ArgumentParser(
+    """The argument parser with one subparser per subcommand (every flag with help and its
+    default; errors on one line, exit code 2)."""
+    parser = FlowproxParser(
         prog="flowprox",
         description=(
             "Deep-unfolded proximal gradient networks with normalizing-flow (Glow) priors "
             "for linear inverse problems in imaging."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"flowprox {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"flowprox {__version__}",
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     info = commands.add_parser("info", help="versions and available devices")
@@ -166,12 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser(
         "glow-summary", help="parameter count and latent layout of a Glow prior"
     )
-    summary.add_argument("--channels", type=int, default=3)
-    summary.add_argument("--levels", type=int, default=4)
-    summary.add_argument("--steps", type=int, default=18, help="flow steps per level")
-    summary.add_argument("--hidden", type=int, default=512, help="coupling network width")
-    summary.add_argument("--size", type=int, default=64, help="image height and width")
-    summary.add_argument("--folds", type=int, default=4, help="folds K of the unrolled network")
+    summary.add_argument("--channels", type=positive_int, default=3, help="image channels")
+    summary.add_argument("--levels", type=positive_int, default=4, help="multi-scale levels")
+    summary.add_argument("--steps", type=positive_int, default=18, help="flow steps per level")
+    summary.add_argument("--hidden", type=positive_int, default=512, help="coupling width")
+    summary.add_argument(
+        "--size",
+        type=positive_int,
+        default=64,
+        help="image height and width (a multiple of 2**levels)",
+    )
+    summary.add_argument(
+        "--folds", type=positive_int, default=4, help="folds K of the unrolled network"
+    )
     summary.set_defaults(handler=command_glow_summary)
 
     check = commands.add_parser(
@@ -181,53 +205,114 @@ def build_parser() -> argparse.ArgumentParser:
         "--operator",
         choices=["identity", "center-mask", "random-mask", "blur"],
         default="blur",
+        help="the forward operator",
     )
-    check.add_argument("--size", type=int, default=64)
-    check.add_argument("--channels", type=int, default=3)
-    check.add_argument("--window", type=int, default=19, help="centre hole size (center-mask)")
-    check.add_argument("--fraction-missing", type=float, default=0.5, help="random-mask")
-    check.add_argument("--sigma-b", type=float, default=5.0, help="blur standard deviation")
-    check.add_argument("--kernel-size", type=int, default=None, help="default 2*ceil(3 sigma)+1")
-    check.add_argument("--boundary", choices=["circular", "zero"], default="circular")
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--size", type=positive_int, default=64, help="image height and width")
+    check.add_argument("--channels", type=positive_int, default=3, help="image channels")
+    check.add_argument(
+        "--window", type=positive_int, default=19, help="side of the centre hole (center-mask)"
+    )
+    check.add_argument(
+        "--fraction-missing",
+        type=fraction,
+        default=0.5,
+        help="fraction of missing pixels (random-mask)",
+    )
+    check.add_argument(
+        "--sigma-b", type=float, default=5.0, help="blur standard deviation in pixels (blur)"
+    )
+    check.add_argument(
+        "--kernel-size",
+        type=positive_int,
+        default=None,
+        help="blur kernel side (None: 2*ceil(3 sigma_b)+1)",
+    )
+    check.add_argument(
+        "--boundary",
+        choices=["circular", "zero"],
+        default="circular",
+        help="blur boundary condition",
+    )
+    check.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the random mask and the test vectors",
+    )
     check.set_defaults(handler=command_check_operator)
 
     pretrain = commands.add_parser("pretrain", help="pre-train a Glow prior by maximum likelihood")
-    pretrain.add_argument("--preset", choices=["tiny", "small", "paper"], default="small")
+    pretrain.add_argument(
+        "--preset",
+        choices=["tiny", "small", "paper"],
+        default="small",
+        help="the packaged config to start from",
+    )
     pretrain.add_argument("--config", type=Path, help="your own TOML file instead of the preset")
     pretrain.add_argument("--data", help="an .npz file (or several, comma-separated) or a folder")
-    pretrain.add_argument("--out", type=Path, required=True, help="the run directory")
-    pretrain.add_argument("--resume", action="store_true", help="continue the run in --out")
-    pretrain.add_argument("--strict", action="store_true", help="unreadable images are errors")
-    pretrain.add_argument("--device", choices=["cpu", "cuda"], help="overrides train.device")
     pretrain.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value"
+        "--out", type=Path, required=True, help="the run directory (locked while the run lasts)"
+    )
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_strict_argument(pretrain)
+    add_device_argument(pretrain, None, "overrides train.device (None: the config's)")
+    pretrain.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.lr=1e-4 (repeatable)",
     )
     pretrain.set_defaults(handler=command_pretrain)
 
     sample = commands.add_parser("sample", help="sample images from a pre-trained prior")
-    sample.add_argument("--checkpoint", type=Path, required=True)
-    sample.add_argument("--n", type=int, default=64)
-    sample.add_argument("--temperature", type=float, default=0.7)
-    sample.add_argument("--columns", type=int, default=8)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--checkpoint", type=Path, required=True, help="the prior (best.pt of a pretrain run)"
+    )
+    sample.add_argument("--n", type=positive_int, default=64, help="number of samples")
+    sample.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.7,
+        help="latent standard deviation (1: the model's)",
+    )
+    sample.add_argument("--columns", type=positive_int, default=8, help="columns of the grid")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
     sample.add_argument("--out", type=Path, required=True, help="the PNG file to write")
     sample.set_defaults(handler=command_sample)
 
     evaluate_prior = commands.add_parser(
         "evaluate-prior", help="bits/dim of a pre-trained prior on a data split"
     )
-    evaluate_prior.add_argument("--checkpoint", type=Path, required=True)
-    evaluate_prior.add_argument("--data", type=Path, required=True)
-    evaluate_prior.add_argument("--split", choices=["train", "val", "test"], default="test")
-    evaluate_prior.add_argument("--n-bits", type=int, default=0, help="default: the run's")
-    evaluate_prior.add_argument("--max-images", type=int, default=0, help="0: all")
+    evaluate_prior.add_argument(
+        "--checkpoint", type=Path, required=True, help="the prior (best.pt of a pretrain run)"
+    )
+    evaluate_prior.add_argument(
+        "--data", type=Path, required=True, help="an .npz file, a data directory or an image folder"
+    )
+    evaluate_prior.add_argument(
+        "--split", choices=["train", "val", "test"], default="test", help="the split to score"
+    )
+    evaluate_prior.add_argument(
+        "--n-bits", type=non_negative_int, default=0, help="bits per colour channel (0: the run's)"
+    )
+    evaluate_prior.add_argument(
+        "--max-images",
+        type=non_negative_int,
+        default=0,
+        help="score only this many images (0: all)",
+    )
+    add_strict_argument(evaluate_prior)
     evaluate_prior.set_defaults(handler=command_evaluate_prior)
 
     add_task_commands(commands)
     add_restore_command(commands)
     add_demo_command(commands)
     return parser
+
+
+#: commands whose --out folder is locked while they write into it (pretrain, train, reproduce
+#: and demo lock their run directories themselves)
+LOCKED_OUTPUTS = ("evaluate", "solve-latent", "restore")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        out = getattr(args, "out", None)
+        if args.command in LOCKED_OUTPUTS and out:
+            with RunLock(out):
+                return handler(args)
         return handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"flowprox {args.command}: error: {error}", file=sys.stderr)

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,21 +114,7 @@ def load_npz_arrays(paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
                 f".npz file {path} not found; check the path (data.path) or download/copy the "
                 "data there."
             )
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                keys = [split for split in SPLITS if split in archive.files]
-                if not keys:
-                    raise ValueError(
-                        f"{path} holds none of the arrays 'train', 'val', 'test' (it has "
-                        f"{sorted(archive.files)}); save the images under those names, e.g. "
-                        "np.savez(path, train=images)."
-                    )
-                arrays = {split: archive[split] for split in keys}
-        except (OSError, EOFError) as error:
-            raise ValueError(
-                f"cannot read {path} as a .npz archive ({error}); check that the file is a "
-                "complete numpy .npz file (re-copy or re-create it)."
-            ) from error
+        arrays = _read_npz(path)
         for split, array in arrays.items():
             _check_image_array(array, split, path)
             this_size = (int(array.shape[1]), int(array.shape[2]))
@@ -145,6 +134,47 @@ def load_npz_arrays(paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
         elif arrays_of_split:
             result[split] = np.concatenate(arrays_of_split, axis=0)
     return result
+
+
+#: what numpy raises on a damaged archive: truncated (BadZipFile, EOFError, zlib.error), not
+#: an archive at all (ValueError: "pickled data"), or unreadable (OSError)
+_DAMAGED = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError)
+
+
+def _damaged(path: Path, error: BaseException) -> ValueError:
+    reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    if isinstance(error, ValueError) and "pickled" in str(error):  # numpy's last guess
+        reason = "it has neither a zip nor a .npy header"
+    return ValueError(
+        f"cannot read {path} as a .npz archive ({reason}); the "
+        "file is damaged (truncated?) or not a numpy .npz file: re-copy or re-create it, e.g. "
+        "np.savez(path, train=..., val=..., test=...)."
+    )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The ``train``/``val``/``test`` arrays of one ``.npz`` file (a ValueError if damaged)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _DAMAGED as error:
+        raise _damaged(path, error) from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path} holds a single array (.npy), not a .npz archive of named arrays; save the "
+            "images with np.savez(path, train=..., val=..., test=...)."
+        )
+    with archive:
+        keys = [split for split in SPLITS if split in archive.files]
+        if not keys:
+            raise ValueError(
+                f"{path} holds none of the arrays 'train', 'val', 'test' (it has "
+                f"{sorted(archive.files)}); save the images under those names, e.g. "
+                "np.savez(path, train=images)."
+            )
+        try:
+            return {split: archive[split] for split in keys}
+        except _DAMAGED as error:
+            raise _damaged(path, error) from error
 
 
 # --------------------------------------------------------------------------------------------

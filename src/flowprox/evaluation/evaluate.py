@@ -121,18 +121,20 @@ def load_evaluation_set(
     ood_data: str | Path | None = None,
     seed: int = TEST_SEED,
     split: str = "test",
+    strict: bool = False,
 ) -> EvaluationSet:
     """Images and fixed-seed measurements of ``setting``.
 
     ``max_images > 0`` takes that many images: the first ones of the test split, or a seeded
     random subset of the anime faces (the paper's protocol is 100 random anime images).
+    ``strict``: an unreadable file in an image folder is an error (else skipped with a warning).
     """
     eval_task = evaluation_task(task, setting)
     if setting == "ood-images":
         path = Path(ood_data) if ood_data else anime_path(data)
     else:
         path = Path(data)
-    splits = _load_splits_cached(DataConfig(path=str(path), resolution=resolution))
+    splits = _load_splits_cached(DataConfig(path=str(path), resolution=resolution, strict=strict))
     if split not in splits:
         raise ValueError(f"{path} has no {split!r} split; it has {sorted(splits)}.")
     dataset = splits[split]

@@ -59,8 +59,10 @@ def evaluate_task(reproduction: Reproduction, task: str) -> dict[str, Any]:
     (out / "tuned.json").write_text(json.dumps(tuned, indent=2) + "\n")
     stages = evaluation_stages(task, reproduction.settings.evaluation)
     for stage in stages:
-        evaluation = load_evaluation_set(config.task, stage.setting, reproduction.data,
-                                         config.data.resolution, stage.images)  # fmt: skip
+        evaluation = load_evaluation_set(
+            config.task, stage.setting, reproduction.data, config.data.resolution, stage.images,
+            reproduction.ood_data, strict=reproduction.strict,
+        )  # fmt: skip
         results = _reference_results(reproduction, stage, evaluation, tuned, flow, device)
         results += _method_results(reproduction, stage, evaluation, networks, device)
         write_results(results, evaluation, out, stage.name)
@@ -97,12 +99,13 @@ def _tune_references(
     budget = reproduction.settings.evaluation
     resolution, seed = config.data.resolution, config.train.measurement_seed
     validation = load_evaluation_set(
-        config.task, "in-distribution", reproduction.data, resolution, 64, seed=seed, split="val"
-    )
+        config.task, "in-distribution", reproduction.data, resolution, 64, seed=seed, split="val",
+        strict=reproduction.strict,
+    )  # fmt: skip
     classical_parameter, classical_val = tune_classical(validation)
     latent_validation = load_evaluation_set(
         config.task, "in-distribution", reproduction.data, resolution, budget.latent_val_images,
-        seed=seed, split="val",
+        seed=seed, split="val", strict=reproduction.strict,
     )  # fmt: skip
     gamma, latent_lr, latent_val = tune_latent(
         flow, latent_validation, budget.latent_steps, gammas=(0.01, 0.1, 1.0), lrs=(0.05,)
@@ -218,8 +221,9 @@ def typicality_check(
         ("anime", "ood-images", 0 if budget.anime_all else budget.anime_images),
     ):
         evaluation = load_evaluation_set(
-            config.task, setting, reproduction.data, config.data.resolution, images
-        )
+            config.task, setting, reproduction.data, config.data.resolution, images,
+            reproduction.ood_data, strict=reproduction.strict,
+        )  # fmt: skip
         bpd = restored_bits_per_dim(network, evaluation, flow, n_bits, BATCH)
         scores[name] = bpd
         result[name] = {

@@ -10,7 +10,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-from flowprox.config import UnrolledExperiment, apply_overrides, config_from_dict, config_to_dict
+from flowprox.config import (
+    PriorExperiment,
+    UnrolledExperiment,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    preset_path,
+)
+from flowprox.evaluation.evaluate import anime_path
 from flowprox.experiments.plan import REPRODUCE_PRESETS, TASKS, Method
 from flowprox.physics.tasks import task_preset
 from flowprox.training.configs import unrolled_config
@@ -27,6 +36,8 @@ class Reproduction:
         device: str = "cpu",
         tasks: tuple[str, ...] = TASKS,
         overrides: tuple[str, ...] = (),
+        ood_data: str | Path | None = None,
+        strict: bool = False,
     ) -> None:
         if preset not in REPRODUCE_PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {list(REPRODUCE_PRESETS)}.")
@@ -40,10 +51,30 @@ class Reproduction:
         self.device = device
         self.tasks = tasks
         self.overrides = overrides
+        self.ood_data = str(ood_data) if ood_data else None
+        self.strict = strict
+
+    @property
+    def prior_run(self) -> Path:
+        return self.out / "prior"
 
     @property
     def prior_checkpoint(self) -> Path:
-        return self.out / "prior" / "checkpoints" / "best.pt"
+        return self.prior_run / "checkpoints" / "best.pt"
+
+    @property
+    def ood_path(self) -> Path:
+        """The out-of-distribution images: ``--ood-data``, or ``anime64.npz`` beside the data."""
+        return Path(self.ood_data) if self.ood_data else anime_path(self.data)
+
+    def prior_config(self) -> PriorExperiment:
+        """The prior's pre-training config: the preset's, on this data and device."""
+        overrides = [
+            f"data.path={json.dumps(self.data)}",
+            f"train.device={json.dumps(self.device)}",
+            *(["data.strict=true"] if self.strict else []),
+        ]
+        return load_config(PriorExperiment, preset_path("prior", self.preset), overrides)
 
     def run_dir(self, task: str, method: str) -> Path:
         return self.out / "train" / task / method
@@ -60,6 +91,7 @@ class Reproduction:
         config = unrolled_config(
             kind, method.prox.value, self.preset, data=self.data, prior=self.prior_checkpoint,
             init_from=init_from, device=self.device,
+            overrides=["data.strict=true"] if self.strict else [],
         )  # fmt: skip
         train = dataclasses.replace(
             config.train, lr=budget.lr(method.prox), time_limit_minutes=budget.safety_minutes

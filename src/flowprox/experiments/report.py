@@ -191,15 +191,52 @@ def write_report(reproduction: Reproduction) -> Path:
     return path
 
 
+def made_with(reproduction: Reproduction) -> dict[str, dict[str, Any]]:
+    """What each finished stage was made with (preset, ``--set``, data), from its mark."""
+    found = {}
+    for path in sorted((reproduction.out / "stages").glob("*.json")):
+        try:
+            mark = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if isinstance(mark, dict) and isinstance(mark.get("made_with"), dict):
+            found[path.stem] = mark["made_with"]
+    return found
+
+
+def _command(settings: dict[str, Any]) -> str:
+    parts = [f"flowprox reproduce --preset {settings.get('preset')} --data DATA --out RUN"]
+    if settings.get("ood_data"):
+        parts.append("--ood-data OOD")
+    parts += [f"--set {override}" for override in settings.get("overrides") or []]
+    return " ".join(parts)
+
+
 def _header(reproduction: Reproduction) -> list[str]:
-    """Title, machine, total stage time, the command and how to read the tables."""
+    """Title, machine, total stage time, the settings the stages were made with (read from
+    their marks, not from the command that writes the report) and how to read the tables."""
     marks = reproduction.out / "stages"
     seconds = sum(json.loads(p.read_text()).get("seconds", 0) for p in sorted(marks.glob("*.json")))
+    commands = {name: _command(settings) for name, settings in made_with(reproduction).items()}
+    presets = {name: settings.get("preset") for name, settings in made_with(reproduction).items()}
+    distinct = list(dict.fromkeys(commands.values()))
+    if len(distinct) == 1:
+        preset = f"`{next(iter(presets.values()))}`"
+        command = f"Command: `{distinct[0]}` (the settings of every stage, from `stages/`)."
+    elif distinct:
+        preset = "mixed: " + ", ".join(f"`{p}`" for p in dict.fromkeys(presets.values()))
+        command = "The stages were made with different settings:\n\n" + "\n".join(
+            f"- `{text}`: " + ", ".join(name for name, c in commands.items() if c == text)
+            for text in distinct
+        )
+    else:
+        preset = "unknown (stage marks without settings)"
+        command = "The stages did not record their settings (made by an older flowprox)."
     return [
-        f"# Reproduction of Wei et al. 2022 — preset `{reproduction.preset}`",
+        f"# Reproduction of Wei et al. 2022 — preset {preset}",
         "",
         f"Machine: {machine_description()}. Stage time in all: {seconds / 60:.1f} min.",
-        f"Command: `flowprox reproduce --preset {reproduction.preset} --data DATA --out RUN`.",
+        command,
         "Mean PSNR ± standard deviation over the test images (dB, peak 1, outputs clamped to "
         "[0, 1]); the paper's number in parentheses. SSIM, per-image values, timings and "
         "memory are in `eval/TASK/SETTING.{json,csv}`.",

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from flowprox.config import check_device
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -46,24 +48,41 @@ def setup_distributed(device: str = "cpu") -> DistributedContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``).
 
     Args:
-        device: ``"cpu"`` (gloo backend) or ``"cuda"`` (NCCL, device ``cuda:LOCAL_RANK``).
+        device: ``"cpu"`` (gloo backend), ``"cuda"`` or ``"cuda:N"`` (NCCL; under ``torchrun``
+            each process takes ``cuda:LOCAL_RANK``, a single process ``cuda:N``, default 0).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but CUDA is not available; use cpu.")
-        torch_device = torch.device("cuda", local_rank if world_size > 1 else 0)
+    torch_device = resolve_device(device, local_rank if world_size > 1 else None)
+    if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
-    elif device == "cpu":
-        torch_device = torch.device("cpu")
-    else:
-        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'.")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return DistributedContext(rank, world_size, local_rank, torch_device)
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The torch device of ``name`` (``cpu``, ``cuda`` or ``cuda:N``), checked to exist.
+
+    ``local_rank`` (under ``torchrun``) picks the process's GPU instead of ``N``.
+
+    Raises:
+        ValueError: a malformed name, no CUDA, or no GPU of that index (each names the fix).
+    """
+    check_device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but CUDA is not available; use cpu.")
+    index = local_rank if local_rank is not None else torch.device(name).index or 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(
+            f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}."
+        )
+    return torch.device("cuda", index)
 
 
 def cleanup_distributed() -> None:

@@ -102,21 +102,21 @@ def _pretrain(
     """The steps of ``pretrain_prior`` in this process (one rank of a DDP run, or the only one)."""
     _check_prior_config(config, context)
     config_dict = config_to_dict(config)
-    run_dir = open_run_directory(out, config_dict, argv, context.is_main, resume)
-    train_set, val_set = train_and_val_splits(config.data, context, "pre-training")
-    glow = _build_initialized_glow(config, train_set, resume, context)
-    trainer = _make_prior_trainer(config, config_dict, glow, run_dir, context, resume)
-    objective = MaximumLikelihood(config, val_set, train_set[0].shape, context)
-    train_batches = training_batches(
-        train_set,
-        config.train.batch_size,
-        config.seed,
-        trainer.step,
-        config.data.num_workers,
-        context,
-    )
-    trainer.fit(train_batches, objective.loss, objective.evaluate)
-    return out
+    with open_run_directory(out, config_dict, argv, context.is_main, resume) as run_dir:
+        train_set, val_set = train_and_val_splits(config.data, context, "pre-training")
+        glow = _build_initialized_glow(config, train_set, resume, context)
+        trainer = _make_prior_trainer(config, config_dict, glow, run_dir, context, resume)
+        objective = MaximumLikelihood(config, val_set, train_set[0].shape, context)
+        train_batches = training_batches(
+            train_set,
+            config.train.batch_size,
+            config.seed,
+            trainer.step,
+            config.data.num_workers,
+            context,
+        )
+        trainer.fit(train_batches, objective.loss, objective.evaluate)
+        return out
 
 
 def _check_prior_config(config: PriorExperiment, context: DistributedContext) -> None:

@@ -10,6 +10,12 @@ Layout of ``RUN/``::
     checkpoints/best.pt    the state with the best validation score
 
 Only the main process (rank 0) writes; other ranks get a RunDirectory that does nothing.
+
+The main process holds the directory's lock (``utils.runlock``, ``RUN/.flowprox.lock``) from
+the moment the RunDirectory is made until ``finish()`` (or the end of a ``with`` block): a
+second run on the same directory fails at once, naming the first. A run that fails before its
+first checkpoint removes what it wrote (and the directory, if it made it), so a bad input never
+leaves a half-made run directory behind.
 """
 
 from __future__ import annotations
@@ -17,23 +23,34 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from flowprox.config import to_toml
+from flowprox.utils.runlock import LOCK_NAME, RunLock
 
 
 class RunDirectory:
     """Files of one training run.
 
+    Use it as a context manager (``with RunDirectory(...) as run_dir:``): leaving the block
+    releases the lock, and on an exception before the first checkpoint removes the run's files.
+
     Args:
         root: the run directory (created).
-        enabled: False on non-main ranks (writes nothing).
+        enabled: False on non-main ranks (writes nothing, takes no lock).
         resume: continue an existing run; without it, a folder that already holds a run is an
             error (so nothing is overwritten by accident).
+
+    Raises:
+        RunLockedError: another process runs in ``root`` (a ValueError naming it).
+        ValueError: ``root`` is a file, or holds a run and ``resume`` is False.
+        FileNotFoundError: ``resume`` is True but ``root`` holds no run.
     """
 
     def __init__(self, root: str | Path, enabled: bool = True, resume: bool = False) -> None:
@@ -41,18 +58,57 @@ class RunDirectory:
         self.fields: list[str] = ["step"]
         self.enabled = enabled
         self._writer: Any = None
-        if resume and not self.last_checkpoint.is_file():
-            raise FileNotFoundError(
-                f"--resume given but {self.last_checkpoint} does not exist; start the run "
-                "without --resume, or point --out at the run to continue."
-            )
-        if not resume and self.last_checkpoint.is_file():
-            raise ValueError(
-                f"{self.root} already holds a run ({self.last_checkpoint}); pass --resume to "
-                "continue it or choose another --out folder."
-            )
+        self._lock: RunLock | None = None
+        self._existing: set[str] = set()
         if enabled:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.root).acquire()
+            self._existing = {p.name for p in self.root.iterdir()}
+        try:
+            if resume and not self.last_checkpoint.is_file():
+                raise FileNotFoundError(
+                    f"--resume given but {self.last_checkpoint} does not exist; start the run "
+                    "without --resume, or point --out at the run to continue."
+                )
+            if not resume and self.last_checkpoint.is_file():
+                raise ValueError(
+                    f"{self.root} already holds a run ({self.last_checkpoint}); pass --resume to "
+                    "continue it or choose another --out folder."
+                )
+            if enabled:
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self.finish(failed=True)
+            raise
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.finish(failed=error is not None)
+
+    def finish(self, failed: bool = False) -> None:
+        """Close the logs and release the lock; after a failure before the first checkpoint,
+        first remove what this run wrote (the directory too if the run made it)."""
+        self.close()
+        if self._lock is None:
+            return
+        try:
+            if failed and not self.last_checkpoint.is_file():
+                for path in self.root.iterdir():
+                    if path.name in self._existing or path.name == LOCK_NAME:
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        finally:
+            lock, self._lock = self._lock, None
+            lock.release()
 
     @property
     def checkpoints(self) -> Path:

@@ -121,23 +121,23 @@ def _train(
     _check_task_config(config, context)
     config, prior = _with_loaded_prior(config)
     config_dict = config_to_dict(config)
-    run_dir = open_run_directory(out, config_dict, argv, context.is_main, resume)
-    train_set, val_set = train_and_val_splits(config.data, context, "training")
-    image_shape = train_set[0].shape
-    op = build_operator(config.task, config.data.resolution, image_shape[0]).to(context.device)
-    network = _build_network(config, op, prior, resume, context)
-    trainer = _make_unrolled_trainer(config, config_dict, network, run_dir, context, resume)
-    objective = ReconstructionError(config, op, val_set, image_shape, context)
-    train_batches = training_batches(
-        train_set,
-        config.train.batch_size,
-        config.seed,
-        trainer.step,
-        config.data.num_workers,
-        context,
-    )
-    trainer.fit(train_batches, objective.loss, objective.evaluate)
-    return out
+    with open_run_directory(out, config_dict, argv, context.is_main, resume) as run_dir:
+        train_set, val_set = train_and_val_splits(config.data, context, "training")
+        image_shape = train_set[0].shape
+        op = build_operator(config.task, config.data.resolution, image_shape[0]).to(context.device)
+        network = _build_network(config, op, prior, resume, context)
+        trainer = _make_unrolled_trainer(config, config_dict, network, run_dir, context, resume)
+        objective = ReconstructionError(config, op, val_set, image_shape, context)
+        train_batches = training_batches(
+            train_set,
+            config.train.batch_size,
+            config.seed,
+            trainer.step,
+            config.data.num_workers,
+            context,
+        )
+        trainer.fit(train_batches, objective.loss, objective.evaluate)
+        return out
 
 
 def _check_task_config(config: UnrolledExperiment, context: DistributedContext) -> None:

@@ -160,6 +160,15 @@ def training_batches(
     return batches(dataset, sampler, num_workers, context.device)
 
 
+class TrainingDivergedError(RuntimeError, ValueError):
+    """Training gave up on non-finite losses, or never reached a finite validation score.
+
+    A RuntimeError (``flowprox reproduce`` records such a run as failed and goes on) and a
+    ValueError (the command line prints its message and exits with code 2): the fix is a
+    setting (a lower learning rate, more warm-up, gradient clipping).
+    """
+
+
 def train_and_val_splits(
     data: DataConfig, context: DistributedContext, purpose: str
 ) -> tuple[ImageDataset, ImageDataset]:
@@ -272,7 +281,7 @@ class Trainer:
     def _restore_good_state(self) -> None:
         self.restores += 1
         if self.restores > self.settings.max_restores or self._last_good is None:
-            raise RuntimeError(
+            raise TrainingDivergedError(
                 f"training diverged: {self.bad_steps_total} steps had NaN/Inf losses or gradients "
                 f"and {self.restores - 1} restores of the last good state did not help; lower "
                 "the learning rate, raise the warm-up or tighten gradient clipping, then resume."
@@ -315,6 +324,13 @@ class Trainer:
                 stop_reason = stop
                 break
         progress.close()
+        if not math.isfinite(self.best_score):
+            raise TrainingDivergedError(
+                f"training diverged: no evaluation in {self.step} steps gave a finite validation "
+                f"score ({self.bad_steps_total} steps had NaN/Inf losses or gradients), so there "
+                "is no best checkpoint; lower the learning rate, raise the warm-up or tighten "
+                "gradient clipping."
+            )
         self._report_stop(stop_reason)
         self.run_dir.close()
 

@@ -4,7 +4,8 @@ A checkpoint is a dict saved with ``torch.save``: ``kind`` (e.g. ``"prior"``), `
 resolved experiment config as plain values), ``model`` / ``optimizer`` / ``scheduler`` state
 dicts, ``step``, ``epoch``, ``best_score``, ``rng`` (Python, NumPy, torch CPU and CUDA states) and
 ``version`` (flowprox and torch). Writes go to a temporary file in the same folder that is then
-renamed over the target, so a crash never leaves a truncated checkpoint behind.
+renamed over the target, so a crash never leaves a truncated checkpoint behind; the file gets
+the permissions of any file the user creates (``0666`` less the umask).
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ def versions() -> dict[str, str]:
     return {"flowprox": __version__, "torch": torch.__version__}
 
 
+def current_umask() -> int:
+    """This process's umask (read without changing it where ``/proc`` allows)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
@@ -33,6 +48,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     payload = {**payload, "version": versions()}
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes it 0600: give it the mode open() would
+            os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)
             file.flush()
