@@ -21,6 +21,7 @@ from flowprox.apps.restore import (
     restore_task,
     save_image,
 )
+from flowprox.cli.options import positive_float
 from flowprox.metrics.quality import psnr
 from flowprox.metrics.typicality import TypicalRange
 from flowprox.models.prior import load_prior
@@ -240,7 +241,10 @@ def add_demo_command(commands: Any) -> None:
     demo = commands.add_parser("demo", help="a first run: offline, minutes, a figure and a table")
     demo.add_argument("--out", default="flowprox-demo", help="output folder")
     demo.add_argument(
-        "--minutes", type=float, default=1.5, help="training time of each of the two stages"
+        "--minutes",
+        type=positive_float,
+        default=1.5,
+        help="training time of each of the two stages",
     )
     demo.add_argument(
         "--redo",

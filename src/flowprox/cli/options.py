@@ -10,11 +10,22 @@ from typing import Any, NoReturn
 from flowprox.config import check_device
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, except where there is none (a required flag) or the help
+    already says what ``None`` means (``(None: ...)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required or (action.default is None and "None:" in text):
+            return text
+        return super()._get_help_string(action)
+
+
 class FlowproxParser(argparse.ArgumentParser):
     """An argument parser whose help shows every default and whose errors are one line."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

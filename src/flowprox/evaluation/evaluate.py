@@ -106,8 +106,8 @@ def anime_path(data: str | Path) -> Path:
     candidate = path / "anime64.npz" if path.is_dir() else path.parent / "anime64.npz"
     if not candidate.is_file():
         raise FileNotFoundError(
-            f"no anime64.npz found at {candidate}; pass --ood-data with the out-of-distribution "
-            "images (an .npz with a test array or an image folder)."
+            f"no out-of-distribution images: {candidate.absolute()} (anime64.npz beside the data) "
+            "not found; pass --ood-data with them (an .npz with a test array or an image folder)."
         )
     return candidate
 
