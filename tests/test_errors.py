@@ -170,7 +170,9 @@ def _check_outcome(attempt, out: Path) -> None:
         attempt()
     except (ValueError, FileNotFoundError) as error:
         assert str(error).strip(), "an error without a message"
-        assert not out.exists(), f"a half-made run directory after: {error}"
+        # nothing left behind, or (a run that diverged after a checkpoint) a resumable run
+        resumable = (out / "checkpoints" / "last.pt").is_file()
+        assert not out.exists() or resumable, f"a half-made run directory after: {error}"
     else:
         assert (out / "checkpoints" / "best.pt").is_file()
 
