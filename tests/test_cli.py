@@ -70,6 +70,9 @@ def test_every_flag_of_every_subcommand_has_help_and_shows_its_default() -> None
     assert not missing, f"flags without help: {missing}"
     check = _subcommands()["check-operator"].format_help()
     assert "(default: 64)" in " ".join(check.split())
+    restore = " ".join(_subcommands()["restore"].format_help().split())
+    assert "(default: None)" not in restore  # a flag not given has no default to show
+    assert restore.count("(default: native)") == 1  # said once, not twice
 
 
 def test_device_is_one_option_taking_cpu_cuda_and_cuda_n_everywhere() -> None:
@@ -90,7 +93,15 @@ def test_device_is_one_option_taking_cpu_cuda_and_cuda_n_everywhere() -> None:
 
 def test_strict_is_offered_wherever_images_are_read() -> None:
     commands = _subcommands()
-    for name in ("pretrain", "train", "evaluate", "solve-latent", "evaluate-prior", "reproduce"):
+    for name in (
+        "pretrain",
+        "train",
+        "evaluate",
+        "solve-latent",
+        "evaluate-prior",
+        "reproduce",
+        "restore",
+    ):
         options = {o for a in commands[name]._actions for o in a.option_strings}
         assert "--strict" in options, name
 

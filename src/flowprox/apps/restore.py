@@ -551,8 +551,9 @@ def calibrate_restorer(
     n_bits: int,
     false_alarm: float = 0.05,
     images: int = 512,
+    strict: bool = False,
 ) -> TypicalRange:
     """The bits/dim threshold of this restorer's outputs on validation measurements, at the
-    prior's ``n_bits``."""
-    bpd = restored_val_bits_per_dim(network, config, prior, data, n_bits, images)
+    prior's ``n_bits`` (``strict``: an unreadable image in ``data`` is an error)."""
+    bpd = restored_val_bits_per_dim(network, config, prior, data, n_bits, images, strict=strict)
     return calibrate(bpd, false_alarm, source=f"{len(bpd)} restored val images of {data}")

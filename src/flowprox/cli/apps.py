@@ -21,7 +21,7 @@ from flowprox.apps.restore import (
     restore_task,
     save_image,
 )
-from flowprox.cli.options import positive_float
+from flowprox.cli.options import add_strict_argument, positive_float
 from flowprox.metrics.quality import psnr
 from flowprox.metrics.typicality import TypicalRange
 from flowprox.models.prior import load_prior
@@ -95,7 +95,13 @@ def command_restore(args: argparse.Namespace) -> int:
         )
     if prior is not None and args.calibration_data:
         typical = calibrate_restorer(
-            network, config, prior, args.calibration_data, n_bits, false_alarm
+            network,
+            config,
+            prior,
+            args.calibration_data,
+            n_bits,
+            false_alarm,
+            strict=args.strict,
         )
         typical.save(cache)
         print(
@@ -226,6 +232,7 @@ def add_restore_command(commands: Any) -> None:
         f"--calibration-data (default: {DEFAULT_FALSE_ALARM})",
     )
     restore.add_argument("--seed", type=int, default=2022, help="noise seed for --simulate")
+    add_strict_argument(restore)
     restore.set_defaults(handler=command_restore)
 
 

@@ -11,12 +11,12 @@ from flowprox.config import check_device
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every flag's default, except where there is none (a required flag) or the help
-    already says what ``None`` means (``(None: ...)``)."""
+    """Shows every flag's default, except where there is none (a required flag, or ``None``:
+    the flag is simply not given) or the help already states it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.required or (action.default is None and "None:" in text):
+        if action.required or action.default is None or "(default" in text:
             return text
         return super()._get_help_string(action)
 

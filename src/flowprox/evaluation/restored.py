@@ -35,12 +35,13 @@ def restored_val_bits_per_dim(
     n_bits: int,
     images: int = 512,
     batch_size: int = 64,
+    strict: bool = False,
 ) -> Tensor:
     """``restored_bits_per_dim`` of the first ``images`` validation images of ``data``, measured
     with the run's task and measurement seed: what the typicality threshold is calibrated on."""
 
     validation = load_evaluation_set(
         config.task, "in-distribution", data, config.data.resolution, images,
-        seed=config.train.measurement_seed, split="val",
+        seed=config.train.measurement_seed, split="val", strict=strict,
     )  # fmt: skip
     return restored_bits_per_dim(network, validation, prior, n_bits, batch_size)
