@@ -91,10 +91,16 @@ def mse(a: Tensor, b: Tensor) -> float:
 
 @torch.no_grad()
 def measure_prior(
-    path: str, x: Tensor, sigmas: list[float], lambdas: list[float], seed: int
+    path: str,
+    flow: Glow,
+    config: dict,
+    x: Tensor,
+    sigmas: list[float],
+    lambdas: list[float],
+    seed: int,
 ) -> list[list[str]]:
-    """One table row per input family for the prior at ``path``."""
-    flow, config = load_prior(path)
+    """One table row per input family for the prior ``flow`` (its checkpoint ``path`` and
+    experiment ``config``)."""
     model = config_from_dict(GlowConfig, config["model"])
     rows = []
     for name, v in input_families(flow, model, x, sigmas, seed):
@@ -137,12 +143,14 @@ def main() -> int:
     print("\n".join(lines), flush=True)
     clean: dict[int, Tensor] = {}  # validation images by resolution, read once
     for path in args.priors:
-        resolution = load_prior(path)[0].image_size[0]
+        flow, config = load_prior(path)
+        resolution = flow.image_size[0]
         if resolution not in clean:
             images = load_splits(DataConfig(path=args.data, resolution=resolution))["val"]
             count = min(args.images, len(images))
             clean[resolution] = torch.stack([images[i] for i in range(count)])
-        for row in measure_prior(path, clean[resolution], sigmas, lambdas, args.seed):
+        rows = measure_prior(path, flow, config, clean[resolution], sigmas, lambdas, args.seed)
+        for row in rows:
             lines.append("| " + " | ".join(row) + " |")
             print(lines[-1], flush=True)
     if args.markdown:

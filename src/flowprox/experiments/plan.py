@@ -27,11 +27,6 @@ class Method:
     label: str
     from_denoiser: bool = False
 
-    @property
-    def is_flow(self) -> bool:
-        """Whether its prox is a flow (fine-tuned or plug-and-play)."""
-        return self.prox in ProxKind.flows()
-
 
 METHODS = (
     Method("resnet", ProxKind.RESNET, "ResNet prox"),

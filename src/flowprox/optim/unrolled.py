@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from flowprox.utils.validation import check_image_batch
 
 InitialEstimate = Literal["prior_mode", "adjoint", "zeros"]
 DataStep = Literal["gradient", "proximal"]
-DATA_STEPS: tuple[str, ...] = ("gradient", "proximal")
+DATA_STEPS: tuple[str, ...] = get_args(DataStep)
 
 
 def _inverse_softplus(value: float) -> float:

@@ -548,5 +548,5 @@ class GaussianBlur(LinearOperator):
         # x: u = x + F^-1 [conj(K) F(y - A x) / (|K|^2 + rho)].
         height, width = x.shape[-2:]
         spectrum = self._spectrum(height, width, x.dtype, x.device)
-        residual = torch.fft.rfft2(y - self._A(x)) * spectrum.conj()
+        residual = (torch.fft.rfft2(y) - spectrum * torch.fft.rfft2(x)) * spectrum.conj()
         return x + torch.fft.irfft2(residual / (spectrum.abs() ** 2 + rho), s=(height, width))

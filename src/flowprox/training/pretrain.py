@@ -107,14 +107,7 @@ def _pretrain(
         glow = _build_initialized_glow(config, train_set, resume, context)
         trainer = _make_prior_trainer(config, config_dict, glow, run_dir, context, resume)
         objective = MaximumLikelihood(config, val_set, train_set[0].shape, context)
-        train_batches = training_batches(
-            train_set,
-            config.train.batch_size,
-            config.seed,
-            trainer.step,
-            config.data.num_workers,
-            context,
-        )
+        train_batches = training_batches(train_set, config, trainer.step, context)
         trainer.fit(train_batches, objective.loss, objective.evaluate)
         return out
 

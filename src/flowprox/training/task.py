@@ -128,14 +128,7 @@ def _train(
         network = _build_network(config, op, prior, resume, context)
         trainer = _make_unrolled_trainer(config, config_dict, network, run_dir, context, resume)
         objective = ReconstructionError(config, op, val_set, image_shape, context)
-        train_batches = training_batches(
-            train_set,
-            config.train.batch_size,
-            config.seed,
-            trainer.step,
-            config.data.num_workers,
-            context,
-        )
+        train_batches = training_batches(train_set, config, trainer.step, context)
         trainer.fit(train_batches, objective.loss, objective.evaluate)
         return out
 

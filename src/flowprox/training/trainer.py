@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from flowprox.config import DataConfig
+from flowprox.config import DataConfig, PriorExperiment, UnrolledExperiment
 from flowprox.data.datasets import ImageDataset, describe, load_splits
 from flowprox.training.distributed import (
     DistributedContext,
@@ -142,22 +142,21 @@ def batches(
 
 def training_batches(
     dataset: Dataset,
-    batch_size: int,
-    seed: int,
+    config: PriorExperiment | UnrolledExperiment,
     start_step: int,
-    num_workers: int,
     context: DistributedContext,
 ) -> Iterator[Tensor]:
-    """This rank's share of the global batches of steps ``start_step, start_step + 1, ...``."""
+    """This rank's share of the global batches (``config.train.batch_size``, drawn by
+    ``config.seed``) of steps ``start_step, start_step + 1, ...``."""
     sampler = StepBatchSampler(
         len(dataset),  # type: ignore[arg-type]
-        batch_size,
-        seed,
+        config.train.batch_size,
+        config.seed,
         start_step=start_step,
         rank=context.rank,
         world_size=context.world_size,
     )
-    return batches(dataset, sampler, num_workers, context.device)
+    return batches(dataset, sampler, config.data.num_workers, context.device)
 
 
 class TrainingDivergedError(RuntimeError, ValueError):
