@@ -5,6 +5,11 @@ step parameter in use (``mu_k`` or ``rho_k``, and ``lambda_k``), for every task 
 Before the rule of docs/DESIGN.md (a data step keeps a share of its input), the CNN denoisers
 had ``mu = 1 / ||A||^2 = 1`` and ``x_0 = y``: every gradient step returned ``y``, and folds
 ``1..K-1`` and every ``mu_k`` got exactly zero gradient.
+
+The CNN proxes are taken at a generic point (perturbed weights), as the prior is: a fresh one
+is the identity (zero-initialised last convolution), and for noise-free inpainting at the
+``rho`` floor (1e-11) its outputs then equal ``y`` on the observed pixels to the last bit, so
+``rho_k``'s gradient rounds to exactly zero at that one point (docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from conftest import perturb_parameters_, smooth_images
 from flowprox.config import GlowConfig, PriorExperiment, ProxKind, load_config, preset_path
 from flowprox.models.prior import build_glow
 from flowprox.models.unrolled import build_unrolled
-from flowprox.optim.prox import IdentityProx
+from flowprox.optim.prox import IdentityProx, NetworkProx
 from flowprox.physics.noise import measure
 from flowprox.physics.tasks import build_operator
 from flowprox.training.configs import unrolled_config
@@ -49,6 +54,9 @@ def test_every_fold_and_every_step_parameter_gets_a_gradient(
     op = build_operator(config.task, size).double()
     torch.manual_seed(0)
     network = build_unrolled(config, op, prior).double()
+    for fold in network.proxes:  # CNNs at a generic point, as the prior is (see above)
+        if isinstance(fold, NetworkProx):
+            perturb_parameters_(fold, 0.02, seed=5)
     x = smooth_images(2, 3, size, seed=3).double()
     y = measure(op, x, config.task.sigma_n, torch.Generator().manual_seed(4))
     torch.nn.functional.mse_loss(network(y, op), x).backward()

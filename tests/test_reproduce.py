@@ -72,6 +72,8 @@ def test_reproduce_runs_every_stage_writes_the_tables_and_skips_finished_stages(
         assert inpaint[0] == f"{ours[key]['psnr_mean']:.2f} ± {ours[key]['psnr_std']:.2f}"
         assert deblur[0] == "—"
     assert (out / "figures" / "inpaint-in-distribution.png").stat().st_size > 1000
+    assert (out / "figures" / "curves.png").stat().st_size > 1000
+    assert "| late gain (dB) | flattened |" in results
     names = [m["method"] for m in summary["methods"]]
     assert "ResNet prox, pre-trained as denoiser" in names and "GLOW plug-and-play" in names
     assert any(name.startswith("latent optimisation") for name in names)

@@ -10,7 +10,15 @@ import torch
 from conftest import make_glow, perturb_parameters_, smooth_images
 from torch import nn
 
+from flowprox.config import (
+    DataConfig,
+    UnrolledExperiment,
+    UnrolledModelConfig,
+    UnrolledTrainConfig,
+)
 from flowprox.flows import TopStandardize
+from flowprox.flows.memory import activation_bytes
+from flowprox.models.unrolled import uses_memory_saving
 from flowprox.optim.prox import (
     FlowProx,
     IdentityProx,
@@ -244,9 +252,12 @@ def test_unrolled_network_rejects_bad_input() -> None:
         flow_unrolled_network(make_glow(), num_folds=0)
 
 
-def _bytes_saved_for_backward(steps_per_level: int, memory_saving: bool) -> tuple[int, int]:
+def _bytes_saved_for_backward(
+    steps_per_level: int, memory_saving: bool, count_weights: bool = True
+) -> tuple[int, int]:
     """Bytes autograd keeps for backward over a forward pass and loss of a 2-fold flow network
-    (both folds shrink), and the bytes of one image batch."""
+    (both folds shrink), with or without the weights it saves, and the bytes of one image
+    batch."""
     op = GaussianBlur(1.0)
     x, y = measurement(op)
     prior = make_glow(levels=2, steps=steps_per_level, size=8)
@@ -254,11 +265,13 @@ def _bytes_saved_for_backward(steps_per_level: int, memory_saving: bool) -> tupl
         prior, num_folds=2, memory_saving=memory_saving, shrink_last_fold=True
     ).double()
     model.train()
+    weights = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
     saved = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         nonlocal saved
-        saved += tensor.numel() * tensor.element_size()
+        if count_weights or tensor.data_ptr() not in weights:
+            saved += tensor.numel() * tensor.element_size()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -277,3 +290,36 @@ def test_memory_saving_keeps_a_few_images_for_backward_whatever_the_depth() -> N
     assert saving[2][0] < 2 * 10 * image_bytes  # 2 folds, under 10 image batches each
     assert plain[4][0] > 1.5 * plain[2][0]
     assert plain[2][0] > 10 * saving[2][0]
+
+
+def test_activation_estimate_matches_what_plain_autograd_keeps() -> None:
+    """``activation_bytes`` x flows is what a plain-autograd step of the
+    network keeps (the data steps and the loss add a few image batches, nothing more)."""
+    plain, image_bytes = _bytes_saved_for_backward(2, memory_saving=False, count_weights=False)
+    prior = make_glow(levels=2, steps=2, size=8)
+    estimate = activation_bytes(prior, (8, 8), 2) * 2  # 2 flows
+    assert estimate <= plain <= estimate + 10 * image_bytes
+
+
+def test_memory_saving_auto_turns_on_above_the_budget() -> None:
+    """``model.memory_saving``: "auto" follows the measured activations against the budget;
+    "on"/"off" (and the older true/false) are obeyed; anything else is a clear error."""
+    prior = make_glow(levels=2, steps=2, size=8, dtype=torch.float32)
+    per_step = activation_bytes(prior, (8, 8), 16) * 4  # 4 flows
+    budget_gb = per_step / 2**30
+
+    def config(**model):
+        return UnrolledExperiment(
+            model=UnrolledModelConfig(**model),
+            data=DataConfig(resolution=8),
+            train=UnrolledTrainConfig(batch_size=16),
+        )
+
+    assert not uses_memory_saving(config(memory_budget_gb=1.01 * budget_gb), prior)
+    assert uses_memory_saving(config(memory_budget_gb=0.99 * budget_gb), prior)
+    assert uses_memory_saving(config(memory_saving="on", memory_budget_gb=1e3), prior)
+    assert not uses_memory_saving(config(memory_saving="off", memory_budget_gb=1e-9), prior)
+    assert config(memory_saving=True).model.memory_saving == "on"
+    assert config(memory_saving=False).model.memory_saving == "off"
+    with pytest.raises(ValueError, match="model.memory_saving must be one of"):
+        config(memory_saving="sometimes")

@@ -272,6 +272,9 @@ class ProxKind(str, Enum):
         }[self.value]
 
 
+MEMORY_SAVING = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class UnrolledModelConfig:
     """The unrolled network around one kind of prox (paper section III-B and V-C).
@@ -286,6 +289,11 @@ class UnrolledModelConfig:
     ``rho = sigma_n^2 / sigma_k^2``), with a floor for noise-free tasks. ``mu_init = 0`` means
     ``1 / (||A||^2 (1 + rho_0))`` with that ``rho_0``: the gradient step with the same effect on
     the noise. Both keep a share of their input, so no fold is dead (docs/DESIGN.md).
+    ``memory_saving`` (flow proxes): ``"on"`` recomputes the flows' activations by inversion in
+    backward (memory independent of depth, about 1.5x the time), ``"off"`` keeps them, ``"auto"``
+    turns it on when the measured activation memory of a training step exceeds
+    ``memory_budget_gb`` (``models.unrolled.uses_memory_saving``); ``true``/``false`` read as
+    on/off.
     ``initial_estimate`` ``"auto"`` is the prior's mode ``g_0(0)`` for every prox kind (zeros
     for a CNN trained without a prior); ``"adjoint"`` (``A^T y``) and ``"zeros"`` on request.
     """
@@ -296,7 +304,8 @@ class UnrolledModelConfig:
     lambda_init: float = 0.1
     shrinkage: str = "gaussian"
     tied: bool = False
-    memory_saving: bool = True
+    memory_saving: bool | str = "auto"
+    memory_budget_gb: float = 2.0
     initial_estimate: str = "auto"
     resnet_features: int = 128
     resnet_blocks: int = 2
@@ -306,13 +315,16 @@ class UnrolledModelConfig:
     final: str = "prox"
     rho_init: float = 0.0
     rho_prox_sigma: float = 0.1
-    rho_floor: float = 1e-4
+    rho_floor: float = 1e-11
 
     def __post_init__(self) -> None:
+        if isinstance(self.memory_saving, bool):  # older configs and checkpoints: true/false
+            object.__setattr__(self, "memory_saving", "on" if self.memory_saving else "off")
         _validate(self, "model", {
             "prox": _one_of(*ProxKind.values()), "num_folds": _count(1, 1000),
             "mu_init": _number(), "lambda_init": _number(), "resnet_features": _count(),
             "resnet_blocks": _count(0), "unet_base": _count(), "unet_depth": _count(1, 16),
+            "memory_saving": _one_of(*MEMORY_SAVING), "memory_budget_gb": _number(positive=True),
         })  # fmt: skip
 
 
@@ -397,6 +409,8 @@ def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
             if not isinstance(value, dict):
                 raise ValueError(f"[{label}] must be a table of settings, got {value!r}.")
             kwargs[name] = _build(type(default), value, label)
+        elif isinstance(value, bool) and "bool" in str(fields[name].type):
+            kwargs[name] = value  # a field that takes a flag or a word (normalised by the class)
         else:
             kwargs[name] = _coerce(value, default, label)
     return cls(**kwargs)

@@ -55,3 +55,36 @@ def comparison_figure(
     figure.savefig(path, dpi=130)
     plt.close(figure)
     return path
+
+
+def curves_figure(
+    panels: dict[str, dict[str, Sequence[tuple[int, float]]]],
+    path: str | Path,
+    ylabel: str = "val PSNR (dB)",
+) -> Path:
+    """One panel per key of ``panels`` (a task), one line per ``(name, [(step, value), ...])``.
+
+    Args:
+        panels: ``{panel title: {line label: [(step, value), ...]}}``.
+        path: the PNG file to write.
+        ylabel: the vertical axis' label.
+    """
+    count = max(len(panels), 1)
+    figure, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.4), squeeze=False)
+    for axis, (title, lines) in zip(axes[0], panels.items(), strict=False):
+        for label, points in lines.items():
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(steps, values, marker=".", markersize=3, linewidth=1, label=label)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("training step", fontsize=8)
+        axis.set_ylabel(ylabel, fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    return path

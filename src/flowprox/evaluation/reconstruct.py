@@ -9,7 +9,7 @@ from flowprox.data.datasets import ImageDataset
 from flowprox.physics.operators import LinearOperator
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def reconstruct_all(
     network: nn.Module,
     y: Tensor,

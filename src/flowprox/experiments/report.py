@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from flowprox.evaluation.evaluate import SETTINGS
+from flowprox.evaluation.figures import curves_figure
+from flowprox.experiments.curves import FLAT_GAIN_DB, FLAT_SHARE, late_gain, val_curve
 from flowprox.experiments.layout import Reproduction
 from flowprox.experiments.plan import (
     ALL_ANIME,
@@ -148,8 +150,12 @@ def _training_summary(reproduction: Reproduction) -> str:
     """Every training run: its steps, why it stopped, the steps skipped for a non-finite loss or
     gradient, and its best val PSNR (a run that hit the safety time cap is marked)."""
     lines = [
-        "| task | method | steps | stopped by | skipped steps | minutes | best val PSNR |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+        f"A run has flattened when its val PSNR gained less than {FLAT_GAIN_DB} dB over its "
+        f"last {FLAT_SHARE:.0%} of steps (curves: `figures/curves.png`).",
+        "",
+        "| task | method | steps | stopped by | skipped steps | minutes | best val PSNR "
+        "| late gain (dB) | flattened |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for task in reproduction.tasks:
         for method in methods_for(task):
@@ -168,9 +174,13 @@ def _training_summary(reproduction: Reproduction) -> str:
                 reason = "**time cap** (budget not reached)"
             minutes = float(summary.get("elapsed_s", last.get("elapsed_s") or 0)) / 60
             best = f"{max(val):.2f}" if val else "—"
+            gain = late_gain(val_curve(run))
+            flat = "—" if gain is None else ("yes" if gain < FLAT_GAIN_DB else "**no**")
+            shown_gain = "—" if gain is None else f"{gain:+.2f}"
             lines.append(
                 f"| {task} | {method.label} | {steps} | {reason} | "
-                f"{summary.get('bad_steps', '?')} | {minutes:.1f} | {best} |"
+                f"{summary.get('bad_steps', '?')} | {minutes:.1f} | {best} | {shown_gain} "
+                f"| {flat} |"
             )
     return "\n".join(lines)
 
@@ -185,6 +195,7 @@ def write_report(reproduction: Reproduction) -> Path:
         *_extras(reproduction),
         *_figures(reproduction),
     ]
+    _write_curves(reproduction)
     path = reproduction.out / "results.md"
     path.write_text("\n".join(sections) + "\n")
     _write_tables_csv(reproduction)
@@ -346,6 +357,19 @@ def _extras(reproduction: Reproduction) -> list[str]:
         _training_summary(reproduction),
         "",
     ]
+
+
+def _write_curves(reproduction: Reproduction) -> None:
+    """``figures/curves.png``: val PSNR against step, one panel per task, one line per method."""
+    panels = {
+        task: {
+            method.label: val_curve(reproduction.run_dir(task, method.key))
+            for method in methods_for(task)
+        }
+        for task in reproduction.tasks
+    }
+    if any(curve for lines in panels.values() for curve in lines.values()):
+        curves_figure(panels, reproduction.out / "figures" / "curves.png")
 
 
 def _figures(reproduction: Reproduction) -> list[str]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from flowprox.config import ProxKind, UnrolledExperiment, config_from_dict
 from flowprox.flows import Glow
+from flowprox.flows.memory import activation_bytes
 from flowprox.models.cnn import ResNetProxNet, UNet
 from flowprox.models.prior import build_glow
 from flowprox.optim.prox import NetworkProx
@@ -64,7 +65,7 @@ def initial_rho(config: UnrolledExperiment) -> float:
     if not (model.rho_prox_sigma > 0 and model.rho_floor > 0):
         raise ValueError(
             f"model.rho_prox_sigma ({model.rho_prox_sigma}) and model.rho_floor "
-            f"({model.rho_floor}) must be > 0; e.g. 0.1 and 1e-4, or set model.rho_init > 0."
+            f"({model.rho_floor}) must be > 0; e.g. 0.1 and 1e-11, or set model.rho_init > 0."
         )
     return max((config.task.sigma_n / model.rho_prox_sigma) ** 2, model.rho_floor)
 
@@ -88,6 +89,22 @@ def initial_estimate(config: UnrolledExperiment, prior: Glow | None = None) -> s
         return chosen
     has_prior = prior is not None or bool(config.prior)
     return "prior_mode" if has_prior or config.model.prox in ProxKind.flows() else "zeros"
+
+
+def uses_memory_saving(config: UnrolledExperiment, prior: Glow) -> bool:
+    """Whether the flow proxes recompute their activations in backward (``model.memory_saving``).
+
+    ``"auto"``: on when plain autograd would keep more than ``model.memory_budget_gb`` for one
+    training step, measured as ``activation_bytes`` of the prior for ``train.batch_size``
+    images times the number of flows a step passes through (one per learned fold).
+    """
+    model = config.model
+    if model.memory_saving != "auto":
+        return model.memory_saving == "on"
+    size = config.data.resolution
+    flows = model.num_folds if model.final == "prox" else model.num_folds - 1
+    per_step = activation_bytes(prior, (size, size), config.train.batch_size) * flows
+    return per_step > model.memory_budget_gb * 2**30
 
 
 def build_unrolled(
@@ -129,7 +146,7 @@ def build_unrolled(
             shrinkage=model.shrinkage,  # type: ignore[arg-type]
             tied=model.tied,
             freeze_flow=model.prox == ProxKind.PNP_GLOW,
-            memory_saving=model.memory_saving,
+            memory_saving=uses_memory_saving(config, cast(Glow, prior)),
             shrink_last_fold=final_prox,
             **steps,  # type: ignore[arg-type]
         )

@@ -232,10 +232,11 @@ def classical_candidates(op: LinearOperator) -> list[float] | None:
     """Default parameter grid for :func:`tune_classical_parameter` (None: no parameter).
 
     Identity: TV weights ``10^(k/4)``, ``k = -12 .. 0`` (1e-3 to 1). GaussianBlur: Wiener
-    balances ``10^(k/2)``, ``k = -14 .. 0`` (1e-7 to 1). Mask: None.
+    balances ``10^(k/2)``, ``k = -24 .. 0`` (1e-12 to 1: noise-free blur
+    is nearly invertible in float32, and its best balance is about 1e-11). Mask: None.
     """
     if isinstance(op, GaussianBlur):
-        return [10.0 ** (k / 2) for k in range(-14, 1)]
+        return [10.0 ** (k / 2) for k in range(-24, 1)]
     if isinstance(op, Mask):
         return None
     if isinstance(op, Identity):

@@ -449,7 +449,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.context.is_main:
             self.model.eval()
-            with torch.no_grad():
+            with torch.inference_mode():
                 metrics = evaluate(unwrap_model(self.model))
             self.model.train()
         metrics = broadcast_object(metrics, self.context)  # type: ignore[assignment]
