@@ -38,6 +38,21 @@ def test_every_training_stage_has_a_step_budget_and_no_wall_clock_limit(data_dir
                     assert train.max_steps == settings.training.steps(method.prox)
 
 
+def test_budget_scale_multiplies_every_step_budget_and_the_safety_cap(data_dir: Path) -> None:
+    settings = REPRODUCE_PRESETS["small"].training
+    base = Pipeline("small", data_dir, "/nonexistent", tasks=("denoise",))
+    scaled = Pipeline("small", data_dir, "/nonexistent", tasks=("denoise",), budget_scale=2.5)
+    for method in methods_for("denoise"):
+        one, more = (p.train_config("denoise", method).train for p in (base, scaled))
+        assert more.max_steps == round(2.5 * one.max_steps)
+        assert more.time_limit_minutes == pytest.approx(2.5 * settings.safety_minutes)
+        if settings.patience_steps:
+            assert one.early_stopping_patience * one.eval_every <= settings.patience_steps
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="--budget-scale must be a positive number"):
+            Pipeline("small", data_dir, "/nonexistent", tasks=("denoise",), budget_scale=bad)
+
+
 def test_a_training_stage_run_twice_gives_bit_identical_models(
     data_dir: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import smooth_uint8_images, write_face_data
 
 from flowprox.cli.main import main
 from flowprox.config import PriorExperiment, config_to_dict, load_config, preset_path
+from flowprox.data.datasets import load_splits
 from flowprox.evaluation.evaluate import load_evaluation_set, measurement_reconstructor, run_method
 from flowprox.evaluation.reconstruct import stack_images
 from flowprox.models.prior import load_prior
@@ -23,7 +25,7 @@ from flowprox.models.unrolled import build_unrolled, load_prox_weights, load_unr
 from flowprox.optim.latent import solve_latent
 from flowprox.physics.noise import measure_fixed
 from flowprox.physics.operators import Identity, Mask
-from flowprox.physics.tasks import build_operator, ood_task, task_preset
+from flowprox.physics.tasks import SUBSAMPLING_KINDS, build_operator, ood_task, task_preset
 from flowprox.training.configs import unrolled_config
 from flowprox.training.pretrain import pretrain_prior
 from flowprox.training.task import train_unrolled, with_prior_model
@@ -77,6 +79,32 @@ def test_training_lowers_the_validation_loss(data_dir: Path, prior_path: Path, t
     after = validation_loss(network, config, data_dir)
     assert after < 0.9 * before
     assert load_checkpoint(checkpoints / "best.pt")["best_score"] == pytest.approx(after, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", SUBSAMPLING_KINDS)
+def test_tasks_beyond_the_paper_train_through_the_same_code(
+    kind: str, data_dir: Path, prior_path: Path, tmp_path
+) -> None:
+    """Super-resolution, compressed sensing and MRI measure fewer numbers than the image has
+    (MRI's are complex, in two channels each); the GLOW prox trains on them through the same
+    code and lowers its val loss. (Against the zero-filled pseudo-inverse it is measured at the
+    ``small`` preset on real data: at 8x8 after 30 steps it is not yet ahead of it for x2
+    super-resolution, 0.00203 against 0.00190.)"""
+    config = unrolled_config(kind, "glow", "tiny", data=data_dir, prior=prior_path)
+    prior, saved = load_prior(prior_path)
+    config = with_prior_model(config, saved["model"])
+    fresh = build_unrolled(config, build_operator(config.task, 8), prior).eval()
+    before = validation_loss(fresh, config, data_dir)
+    checkpoints = train_tiny(data_dir, prior_path, tmp_path / kind, kind, "glow")
+    network, _ = load_unrolled(checkpoints / "best.pt")
+    after = validation_loss(network, config, data_dir)
+    splits = load_splits(config.data)
+    x = stack_images(splits["val"], config.train.val_images)
+    op = build_operator(config.task, 8)
+    y = measure_fixed(op, x, config.task.sigma_n, config.train.measurement_seed)
+    assert tuple(y.shape) == op.measurement_shape(x.shape)
+    assert (y.shape != x.shape) == (kind != "compressed-sensing")
+    assert math.isfinite(after) and after < before, (after, before)
 
 
 @pytest.fixture(scope="module")

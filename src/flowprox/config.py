@@ -217,6 +217,10 @@ class TaskConfig:
     ``2 ceil(3 sigma_b) + 1`` support; ``boundary`` ``"circular"`` or ``"zero"``). ``sigma_n`` is
     the measurement noise of every task. The ``ood_*`` values give the out-of-distribution
     measurement setting of Table III (0 or a negative noise level keeps the trained value).
+    Beyond the paper: ``"super-resolution"`` (block means of ``factor x factor`` pixels),
+    ``"compressed-sensing"`` (a ``ratio`` of randomly signed 2-D DCT coefficients, drawn from
+    ``seed``) and ``"mri"`` (Cartesian k-space lines at ``acceleration``, the centre's
+    ``center_fraction`` always, the rest drawn from ``seed``), with ``ood_*`` variants.
     """
 
     kind: str = "denoise"
@@ -230,6 +234,14 @@ class TaskConfig:
     ood_sigma_n: float = -1.0
     ood_window: int = 0
     ood_sigma_b: float = 0.0
+    factor: int = 0
+    ood_factor: int = 0
+    ratio: float = 0.0
+    ood_ratio: float = 0.0
+    acceleration: float = 0.0
+    ood_acceleration: float = 0.0
+    center_fraction: float = 0.08
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _validate(self, "task", {
@@ -237,7 +249,10 @@ class TaskConfig:
             "fraction_missing": _number(0, 1, below=True), "mask_seed": _count(0, _MAX_SEED),
             "sigma_b": _number(), "kernel_size": _count(0),
             "boundary": _one_of("circular", "zero"), "ood_sigma_n": _finite(),
-            "ood_window": _count(0), "ood_sigma_b": _number(),
+            "ood_window": _count(0), "ood_sigma_b": _number(), "factor": _count(0),
+            "ood_factor": _count(0), "ratio": _number(0, 1), "ood_ratio": _number(0, 1),
+            "acceleration": _number(), "ood_acceleration": _number(),
+            "center_fraction": _number(0, 1), "seed": _count(0, _MAX_SEED),
         })  # fmt: skip
 
 

@@ -197,6 +197,7 @@ def command_reproduce(args: argparse.Namespace) -> int:
     reproduce(
         args.preset, args.data, args.out, args.device, tasks, tuple(args.set or ()),
         ood_data=args.ood_data, redo=tuple(args.redo or ()), strict=args.strict,
+        budget_scale=args.budget_scale,
     )  # fmt: skip
     return 0
 
@@ -332,6 +333,13 @@ def add_task_commands(commands: Any) -> None:
     add_device_argument(repro, "cpu", "where every stage runs")
     add_strict_argument(repro)
     repro.add_argument("--tasks", help="comma-separated subset of the tasks (None: all)")
+    repro.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="multiply every training run's step budget (and safety cap) by this, for more "
+        "time than the preset assumes",
+    )
     repro.add_argument(
         "--set",
         action="append",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from flowprox.config import (
@@ -38,6 +39,7 @@ class Reproduction:
         overrides: tuple[str, ...] = (),
         ood_data: str | Path | None = None,
         strict: bool = False,
+        budget_scale: float = 1.0,
     ) -> None:
         if preset not in REPRODUCE_PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {list(REPRODUCE_PRESETS)}.")
@@ -53,6 +55,12 @@ class Reproduction:
         self.overrides = overrides
         self.ood_data = str(ood_data) if ood_data else None
         self.strict = strict
+        if not (math.isfinite(budget_scale) and budget_scale > 0):
+            raise ValueError(
+                f"--budget-scale must be a positive number, got {budget_scale}; e.g. 2 trains "
+                "every run for twice the preset's steps."
+            )
+        self.budget_scale = budget_scale
 
     @property
     def prior_run(self) -> Path:
@@ -80,8 +88,9 @@ class Reproduction:
         return self.out / "train" / task / method
 
     def train_config(self, task: str, method: Method) -> UnrolledExperiment:
-        """The experiment of ``method`` on ``task`` with this preset's budgets and settings,
-        then the command line's ``--set`` overrides."""
+        """The experiment of ``method`` on ``task`` with this preset's budgets (their steps and
+        safety cap times ``budget_scale``) and settings, then the command line's ``--set``
+        overrides."""
         budget, settings = self.settings.training, self.settings.tasks
         kind = "deblur" if task == "deblur-small-support" else task
         init_from = None
@@ -93,11 +102,16 @@ class Reproduction:
             init_from=init_from, device=self.device,
             overrides=["data.strict=true"] if self.strict else [],
         )  # fmt: skip
+        scale = self.budget_scale
         train = dataclasses.replace(
-            config.train, lr=budget.lr(method.prox), time_limit_minutes=budget.safety_minutes
+            config.train,
+            lr=budget.lr(method.prox),
+            time_limit_minutes=budget.safety_minutes * scale,
+            max_steps=max(1, round(scale * (budget.steps(method.prox) or config.train.max_steps))),
         )
-        if budget.steps(method.prox) > 0:
-            train = dataclasses.replace(train, max_steps=budget.steps(method.prox))
+        if budget.patience_steps > 0:
+            patience = max(1, budget.patience_steps // train.eval_every)
+            train = dataclasses.replace(train, early_stopping_patience=patience)
         task_config = config.task
         if task == "deblur-small-support":
             task_config = dataclasses.replace(

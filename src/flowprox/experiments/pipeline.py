@@ -66,8 +66,11 @@ class Pipeline(Reproduction):
         ood_data: str | Path | None = None,
         strict: bool = False,
         redo: tuple[str, ...] = (),
+        budget_scale: float = 1.0,
     ) -> None:
-        super().__init__(preset, data, out, device, tasks, overrides, ood_data, strict)
+        super().__init__(
+            preset, data, out, device, tasks, overrides, ood_data, strict, budget_scale
+        )
         self.redo = tuple(redo)
         # Under torchrun every rank runs the training stages together (DDP); rank 0 alone holds
         # the lock, evaluates, reports and writes the stage marks.
@@ -85,6 +88,7 @@ class Pipeline(Reproduction):
             "data": self.data,
             "ood_data": self.ood_data,
             "device": self.device,
+            "budget_scale": self.budget_scale,
         }
 
     def _plan(self) -> list[Stage]:
@@ -277,10 +281,13 @@ def reproduce(
     ood_data: str | Path | None = None,
     redo: tuple[str, ...] = (),
     strict: bool = False,
+    budget_scale: float = 1.0,
 ) -> Path:
     """Run (or resume) the whole reproduction; returns the path of ``results.md``."""
     started = time.monotonic()
-    pipeline = Pipeline(preset, data, out, device, tasks, overrides, ood_data, strict, redo)
+    pipeline = Pipeline(
+        preset, data, out, device, tasks, overrides, ood_data, strict, redo, budget_scale
+    )
     path = pipeline.run()
     minutes = (time.monotonic() - started) / 60
     print(f"reproduction ({preset}) finished in {minutes:.1f} min this call; see {path}")

@@ -43,12 +43,14 @@ class TrainingBudget:
     """How long each training stage runs, in steps (0 = the training preset's ``max_steps``),
     so that the same command trains the same models on any machine; early stopping on val may
     end a run sooner. ``safety_minutes`` is only a cap against runaway runs (0 = none): a run
-    that hits it is marked in the report."""
+    that hits it is marked in the report. ``patience_steps`` (0 = the training preset's
+    patience) stops a run after that many steps without a better val loss."""
 
     glow_steps: int = 0
     pnp_steps: int = 0
     cnn_steps: int = 0
     safety_minutes: float = 0.0
+    patience_steps: int = 0
     flow_lr: float = 1e-5
     cnn_lr: float = 1e-5
 

@@ -219,6 +219,8 @@ def _command(settings: dict[str, Any]) -> str:
     parts = [f"flowprox reproduce --preset {settings.get('preset')} --data DATA --out RUN"]
     if settings.get("ood_data"):
         parts.append("--ood-data OOD")
+    if settings.get("budget_scale", 1.0) != 1.0:
+        parts.append(f"--budget-scale {settings['budget_scale']:g}")
     parts += [f"--set {override}" for override in settings.get("overrides") or []]
     return " ".join(parts)
 

@@ -210,8 +210,15 @@ def tv_denoise(y: Tensor, weight: float) -> Tensor:
     return out.clamp(0.0, 1.0)
 
 
+def _has_pseudo_inverse(op: LinearOperator) -> bool:
+    """Operators with an exact ``A^+`` (super-resolution, compressed sensing, MRI)."""
+    return callable(getattr(op, "pseudo_inverse", None))
+
+
 def classical_name(op: LinearOperator) -> str:
     """Display name of the operator's classical method (see :func:`classical_reconstruction`)."""
+    if _has_pseudo_inverse(op):
+        return "zero-filled pseudo-inverse (A^+ y)"
     if isinstance(op, GaussianBlur):
         return "Wiener deconvolution"
     if isinstance(op, Mask):
@@ -224,7 +231,8 @@ def classical_name(op: LinearOperator) -> str:
 def _unsupported(op: object) -> ValueError:
     return ValueError(
         f"no classical reconstruction for operator {type(op).__name__}; supported are "
-        "Identity (TV denoising), Mask (biharmonic inpainting) and GaussianBlur (Wiener)."
+        "Identity (TV denoising), Mask (biharmonic inpainting), GaussianBlur (Wiener) and "
+        "the operators with a pseudo-inverse (super-resolution, compressed sensing, MRI)."
     )
 
 
@@ -237,7 +245,7 @@ def classical_candidates(op: LinearOperator) -> list[float] | None:
     """
     if isinstance(op, GaussianBlur):
         return [10.0 ** (k / 2) for k in range(-24, 1)]
-    if isinstance(op, Mask):
+    if isinstance(op, Mask) or _has_pseudo_inverse(op):
         return None
     if isinstance(op, Identity):
         return [10.0 ** (k / 4) for k in range(-12, 1)]
@@ -264,6 +272,8 @@ def classical_reconstruction(
     """
     if isinstance(op, Mask):
         return inpaint_biharmonic(y, op)
+    if _has_pseudo_inverse(op):
+        return op.pseudo_inverse(y).clamp(0, 1)  # type: ignore[operator]
     if not isinstance(op, (GaussianBlur, Identity)):
         raise _unsupported(op)
     if parameter is None:
@@ -296,7 +306,7 @@ def tune_classical_parameter(
         parameter. Ties go to the earlier candidate.
     """
     check_image_batch(x_val, "x_val")
-    if x_val.shape != y_val.shape:
+    if tuple(op.measurement_shape(x_val.shape)) != tuple(y_val.shape):
         raise ValueError(
             f"y_val has shape {tuple(y_val.shape)} but x_val has {tuple(x_val.shape)}; pass "
             "the measurements of the same validation images."

@@ -8,6 +8,14 @@ and 4; noise levels unchanged), plus ``tiny`` (8x8) for tests:
     | paper  | 0.2 (0.25)    | 19 (16)              | 5 (8)                |
     | small  | 0.2 (0.25)    | 10 (8)               | 2.5 (4)              |
     | tiny   | 0.2 (0.25)    | 3 (2)                | 0.6 (1.0)            |
+
+Beyond the paper (``physics.subsampling``), with the same values at every preset except the
+super-resolution factor:
+
+    | preset | super-resolution (OOD) | compressed sensing (OOD) | MRI acceleration (OOD) |
+    | paper  | x4 (x8)                | 25 % (15 %), sigma_n 0.01 | 4x (8x), sigma_n 0.01  |
+    | small  | x2 (x4)                | 25 % (15 %), sigma_n 0.01 | 4x (8x), sigma_n 0.01  |
+    | tiny   | x2 (x4)                | 25 % (15 %), sigma_n 0.01 | 4x (8x), sigma_n 0.01  |
 """
 
 from __future__ import annotations
@@ -19,8 +27,21 @@ import torch
 
 from flowprox.config import TaskConfig, load_config
 from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask
+from flowprox.physics.subsampling import CartesianMRI, SubsampledDCT, SuperResolution
 
-TASK_KINDS = ("denoise", "inpaint", "inpaint-random", "deblur")
+TASK_KINDS = (
+    "denoise",
+    "inpaint",
+    "inpaint-random",
+    "deblur",
+    "super-resolution",
+    "compressed-sensing",
+    "mri",
+)
+#: the tasks beyond the paper's (measurements with fewer numbers than the image)
+SUBSAMPLING_KINDS = ("super-resolution", "compressed-sensing", "mri")
+#: super-resolution factor (and its out-of-distribution value) per preset
+_SR_FACTOR = {"tiny": (2, 4), "small": (2, 4), "paper": (4, 8)}
 PRESET_NAMES = ("tiny", "small", "paper")
 
 _GEOMETRY = {  # preset: (window, ood_window, sigma_b, ood_sigma_b)
@@ -43,6 +64,13 @@ def task_preset(preset: str, kind: str) -> TaskConfig:
         return TaskConfig(kind="inpaint-random", fraction_missing=0.5)
     if kind == "deblur":
         return TaskConfig(kind="deblur", sigma_b=sigma_b, ood_sigma_b=ood_sigma_b)
+    if kind == "super-resolution":
+        factor, ood_factor = _SR_FACTOR[preset]
+        return TaskConfig(kind=kind, factor=factor, ood_factor=ood_factor)
+    if kind == "compressed-sensing":  # a little measurement noise, as real sensors have
+        return TaskConfig(kind=kind, ratio=0.25, ood_ratio=0.15, sigma_n=0.01)
+    if kind == "mri":
+        return TaskConfig(kind=kind, acceleration=4.0, ood_acceleration=8.0, sigma_n=0.01)
     raise ValueError(f"unknown task {kind!r}; choose one of {TASK_KINDS} or a task TOML file.")
 
 
@@ -74,6 +102,12 @@ def validate_task(task: TaskConfig) -> TaskConfig:
         raise ValueError("an inpainting task needs task.window > 0 (the side of the centre hole).")
     if task.kind == "deblur" and task.sigma_b <= 0:
         raise ValueError("a deblurring task needs task.sigma_b > 0 (the blur's std in pixels).")
+    if task.kind == "super-resolution" and task.factor < 2:
+        raise ValueError("a super-resolution task needs task.factor >= 2 (e.g. 2 or 4).")
+    if task.kind == "compressed-sensing" and not 0 < task.ratio <= 1:
+        raise ValueError("a compressed-sensing task needs 0 < task.ratio <= 1 (e.g. 0.25).")
+    if task.kind == "mri" and task.acceleration < 1:
+        raise ValueError("an MRI task needs task.acceleration >= 1 (e.g. 4 or 8).")
     return task
 
 
@@ -86,10 +120,17 @@ def ood_task(task: TaskConfig) -> TaskConfig:
         changes["window"] = task.ood_window
     if task.kind == "deblur" and task.ood_sigma_b > 0:
         changes["sigma_b"] = task.ood_sigma_b
+    if task.kind == "super-resolution" and task.ood_factor > 0:
+        changes["factor"] = task.ood_factor
+    if task.kind == "compressed-sensing" and task.ood_ratio > 0:
+        changes["ratio"] = task.ood_ratio
+    if task.kind == "mri" and task.ood_acceleration > 0:
+        changes["acceleration"] = task.ood_acceleration
     if not changes:
         raise ValueError(
             f"task {task_label(task)} defines no out-of-distribution measurement; set "
-            "task.ood_sigma_n, task.ood_window (inpaint) or task.ood_sigma_b (deblur)."
+            "task.ood_sigma_n, task.ood_window (inpaint), task.ood_sigma_b (deblur), "
+            "task.ood_factor, task.ood_ratio or task.ood_acceleration."
         )
     return dataclasses.replace(task, **changes)
 
@@ -116,6 +157,12 @@ def build_operator(
     if task.kind == "inpaint-random":
         generator = torch.Generator().manual_seed(task.mask_seed)
         return Mask.random_pixels(height, width, task.fraction_missing, generator)
+    if task.kind == "super-resolution":
+        return SuperResolution(task.factor)
+    if task.kind == "compressed-sensing":
+        return SubsampledDCT(height, width, task.ratio, seed=task.seed)
+    if task.kind == "mri":
+        return CartesianMRI(height, task.acceleration, task.center_fraction, seed=task.seed)
     kernel_size = task.kernel_size if task.kernel_size > 0 else None
     return GaussianBlur(task.sigma_b, kernel_size=kernel_size, boundary=task.boundary)
 
@@ -129,5 +176,11 @@ def task_label(task: TaskConfig) -> str:
         return f"inpaint {task.window}x{task.window}{noise}"
     if task.kind == "inpaint-random":
         return f"inpaint random {task.fraction_missing:.0%}{noise}"
+    if task.kind == "super-resolution":
+        return f"super-resolution x{task.factor}{noise}"
+    if task.kind == "compressed-sensing":
+        return f"compressed sensing {task.ratio:.0%}{noise}"
+    if task.kind == "mri":
+        return f"MRI {task.acceleration:g}x{noise}"
     support = f" {task.kernel_size}x{task.kernel_size}" if task.kernel_size > 0 else ""
     return f"deblur sigma_b={task.sigma_b:g}{support}{noise}"

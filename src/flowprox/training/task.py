@@ -242,17 +242,19 @@ class ReconstructionError:
 
     def loss(self, model: nn.Module, x: Tensor, step: int) -> Tensor:
         """``mean ||x^ - x||^2`` for measurements of ``x`` with the noise of ``(seed, step)``."""
-        y = self.op.A(x) + self.config.task.sigma_n * self._measurement_noise(step, x.device)
+        clean = self.op.A(x)
+        y = clean + self.config.task.sigma_n * self._measurement_noise(step, clean)
         return F.mse_loss(model(y, self.op), x)
 
-    def _measurement_noise(self, step: int, device: torch.device) -> Tensor:
-        """This rank's rows of the step's standard normal noise for the whole global batch."""
+    def _measurement_noise(self, step: int, clean: Tensor) -> Tensor:
+        """This rank's rows of the step's standard normal noise for the whole global batch, in
+        the measurements' shape (that of the images for denoising, inpainting and deblurring)."""
         rank, world_size = self.context.rank, self.context.world_size
         noise = torch.randn(
-            (self.config.train.batch_size, *self.image_shape),
+            (self.config.train.batch_size, *clean.shape[1:]),
             generator=step_generator(self.config.seed, step),
         )[rank::world_size]
-        return noise.to(device)
+        return noise.to(clean.device)
 
     def evaluate(self, network: nn.Module) -> dict[str, float]:
         """Validation loss (the score), PSNR and the first fold's ``mu``, ``lambda``."""
