@@ -1,0 +1,103 @@
+"""Langevin posterior sampling in the latent space, against a closed-form Gaussian posterior.
+
+With a linear "flow" ``x = g(z) = L z + m`` (``z`` standard normal) and a linear ``A``, the
+posterior of ``z`` given ``y = A x + n`` is Gaussian with precision
+``P = I + (A L)^T (A L) / sigma^2`` and mean ``P^-1 (A L)^T (y - A m) / sigma^2``, so that of
+``x`` has mean ``L mu + m`` and covariance ``L P^-1 L^T``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowprox.optim.posterior import effective_sample_size, langevin_posterior
+from flowprox.physics.subsampling import DenseGaussian
+
+IMAGE = (3, 2, 2)
+SIGMA = 0.5
+
+
+def _problem(chains: int):
+    generator = torch.Generator().manual_seed(0)
+    size = 12
+    lower = torch.eye(size, dtype=torch.float64) + 0.3 * torch.randn(
+        size, size, generator=generator, dtype=torch.float64
+    )
+    shift = 0.5 + 0.1 * torch.randn(size, generator=generator, dtype=torch.float64)
+    op = DenseGaussian(IMAGE, 6, seed=1).double()
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return (z @ lower.T + shift).view(-1, *IMAGE)
+
+    x_true = decode(torch.randn(1, size, generator=generator, dtype=torch.float64))
+    y = op.A(x_true) + SIGMA * torch.randn(1, 1, 1, 6, generator=generator, dtype=torch.float64)
+    matrix = op.matrix.double() @ lower  # A L
+    precision = torch.eye(size, dtype=torch.float64) + matrix.T @ matrix / SIGMA**2
+    covariance_z = torch.linalg.inv(precision)
+    residual = y.flatten() - op.matrix.double() @ shift
+    mean_z = covariance_z @ matrix.T @ residual / SIGMA**2
+    mean_x = lower @ mean_z + shift
+    variance_x = torch.diagonal(lower @ covariance_z @ lower.T)
+    return decode, y.expand(chains, -1, -1, -1), op, mean_x, variance_x
+
+
+def _pooled(result):
+    """Mean and variance over every sample of every chain, and their Monte Carlo standard
+    errors from the summed effective sample sizes."""
+    samples = result.samples.flatten(2)  # (S, chains, 12)
+    mean = samples.mean((0, 1))
+    variance = samples.var((0, 1))
+    ess = result.ess.flatten(1).sum(0)  # over chains
+    return mean, variance, (variance / ess).sqrt(), variance * (2 / ess).sqrt()
+
+
+def test_mala_matches_the_closed_form_posterior_within_three_standard_errors() -> None:
+    decode, y, op, mean_x, variance_x = _problem(chains=100)
+    z0 = torch.zeros(100, 12, dtype=torch.float64)
+    result = langevin_posterior(
+        decode, y, op, SIGMA, z0, steps=600, step_size=0.02, burn_in=200, metropolis=True,
+        generator=torch.Generator().manual_seed(2),
+    )  # fmt: skip
+    mean, variance, mean_error, variance_error = _pooled(result)
+    assert 0.4 < result.acceptance < 0.99
+    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
+    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
+        variance - variance_x
+    ) / variance_error
+
+
+def test_unadjusted_langevin_is_close_at_a_small_step() -> None:
+    decode, y, op, mean_x, variance_x = _problem(chains=100)
+    z0 = torch.zeros(100, 12, dtype=torch.float64)
+    result = langevin_posterior(
+        decode, y, op, SIGMA, z0, steps=1500, step_size=0.005, burn_in=300,
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    mean, variance, mean_error, variance_error = _pooled(result)
+    assert result.acceptance == 1.0
+    # ULA's bias is O(h): at h * (largest posterior precision, 49) = 0.25 it stays within
+    # four standard errors here
+    assert bool(((mean - mean_x).abs() <= 4 * mean_error).all())
+    assert bool(((variance - variance_x).abs() <= 4 * variance_error).all())
+
+
+def test_effective_sample_size_of_independent_and_correlated_chains() -> None:
+    generator = torch.Generator().manual_seed(4)
+    independent = torch.randn(4000, 3, generator=generator, dtype=torch.float64)
+    assert bool((effective_sample_size(independent) > 3000).all())
+    ar = torch.zeros(4000, 3, dtype=torch.float64)  # AR(1) with phi = 0.9: tau = 19
+    noise = torch.randn(4000, 3, generator=generator, dtype=torch.float64)
+    for t in range(1, 4000):
+        ar[t] = 0.9 * ar[t - 1] + noise[t]
+    ess = effective_sample_size(ar)
+    assert bool(((ess > 4000 / 19 / 1.6) & (ess < 4000 / 19 * 1.6)).all()), ess
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    decode, y, op, _, _ = _problem(chains=2)
+    z0 = torch.zeros(2, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="noise-free"):
+        langevin_posterior(decode, y, op, 0.0, z0)
+    with pytest.raises(ValueError, match="step_size > 0"):
+        langevin_posterior(decode, y, op, SIGMA, z0, step_size=0.0)
