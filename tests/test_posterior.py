@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flowprox.metrics.calibration import error_std_correlation, interval_coverage
 from flowprox.optim.posterior import effective_sample_size, langevin_posterior
 from flowprox.physics.subsampling import DenseGaussian
 
@@ -101,3 +102,30 @@ def test_bad_settings_are_clear_errors() -> None:
         langevin_posterior(decode, y, op, 0.0, z0)
     with pytest.raises(ValueError, match="step_size > 0"):
         langevin_posterior(decode, y, op, SIGMA, z0, step_size=0.0)
+
+
+def test_interval_coverage_of_calibrated_and_overconfident_samples() -> None:
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    # the truth is a draw from the same spread as the samples: x itself, samples around a
+    # centre displaced by one more draw
+    centre = x + torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    samples = centre + torch.randn(2000, 4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    coverage = interval_coverage(samples, x, 0.9)
+    assert 0.8 < coverage < 0.99  # the truth is as far from the centre as one sample
+    narrow = centre + 0.1 * torch.randn(2000, 4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    assert interval_coverage(narrow, x, 0.9) < 0.2  # over-confident
+    region = torch.zeros(1, 1, 8, 8)
+    region[..., :4, :] = 1
+    assert 0.7 < interval_coverage(samples, x, 0.9, region) < 1.0
+    with pytest.raises(ValueError, match="level"):
+        interval_coverage(samples, x, 1.5)
+
+
+def test_error_std_correlation_sees_where_the_errors_are() -> None:
+    generator = torch.Generator().manual_seed(6)
+    x = torch.rand(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    std = torch.rand(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    mean = x + std * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    assert error_std_correlation(mean, std, x) > 0.3
+    assert abs(error_std_correlation(mean, torch.rand(x.shape, generator=generator), x)) < 0.2

@@ -328,3 +328,23 @@ def test_task_training_under_ddp_matches_one_process_and_resumes_exactly(
     assert again.returncode == 0, again.stderr[-3000:]
     for key, value in _weights(single).items():
         assert torch.equal(_weights(resumed)[key], value), key
+
+
+def test_sample_posterior_writes_calibrated_statistics_and_never_overwrites(
+    data_dir: Path, glow_denoiser: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "posterior"
+    arguments = ["sample-posterior", "--model", str(glow_denoiser), "--data", str(data_dir),
+                 "--out", str(out), "--images", "4", "--samples", "20", "--burn-in", "10",
+                 "--thin", "1", "--step-size", "1e-4"]  # fmt: skip
+    assert main(arguments) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 4 and report["samples"] == 20
+    assert report["acceptance"] == 1.0  # unadjusted Langevin
+    assert 0 <= report["coverage_50"] <= report["coverage_90"] <= 1
+    assert math.isfinite(report["psnr_posterior_mean"]) and math.isfinite(report["ess_median"])
+    assert (out / "uncertainty.png").stat().st_size > 1000
+    assert "| coverage_90 |" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(arguments) == 2  # the same --out again: refused, nothing overwritten
+    assert "already holds a posterior report" in capsys.readouterr().err

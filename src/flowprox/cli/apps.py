@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from flowprox.apps.demo import run_demo
+from flowprox.apps.posterior import SamplerSettings, sample_posterior
 from flowprox.apps.restore import (
     DEFAULT_MODE,
     MODES,
@@ -21,7 +22,12 @@ from flowprox.apps.restore import (
     restore_task,
     save_image,
 )
-from flowprox.cli.options import add_strict_argument, positive_float
+from flowprox.cli.options import (
+    add_strict_argument,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from flowprox.metrics.quality import psnr
 from flowprox.metrics.typicality import TypicalRange
 from flowprox.models.prior import load_prior
@@ -260,3 +266,54 @@ def add_demo_command(commands: Any) -> None:
         help="train this stage again (and the ones after it) with these settings",
     )
     demo.set_defaults(handler=command_demo)
+
+
+def command_sample_posterior(args: argparse.Namespace) -> int:
+    """Posterior samples, uncertainty maps and their calibration for test images."""
+    settings = SamplerSettings(
+        samples=args.samples,
+        burn_in=args.burn_in,
+        thin=args.thin,
+        step_size=args.step_size,
+        metropolis=args.metropolis,
+        sigma_floor=args.sigma_floor,
+        seed=args.seed,
+    )
+    report = sample_posterior(
+        args.model, args.data, args.out, args.images, settings, args.prior, args.split
+    )
+    for key, value in report.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"report, images and uncertainty.png in {args.out}")
+    return 0
+
+
+def add_sample_posterior_command(commands: Any) -> None:
+    """Register ``sample-posterior`` on the subparsers ``commands``."""
+    sampler = commands.add_parser(
+        "sample-posterior",
+        help="posterior samples and uncertainty maps from the flow prior",
+        description="Langevin dynamics in the prior's latent space from the network's "
+        "reconstruction: posterior mean, per-pixel standard deviation and their calibration.",
+    )
+    sampler.add_argument("--model", required=True, help="a trained unrolled network (best.pt)")
+    sampler.add_argument("--data", required=True, help="the data with a test split")
+    sampler.add_argument("--out", type=Path, required=True, help="a new output folder")
+    sampler.add_argument("--prior", help="the pre-trained prior (None: the run's)")
+    sampler.add_argument("--split", default="test", choices=["test", "val"])
+    sampler.add_argument("--images", type=positive_int, default=16, help="images to sample")
+    sampler.add_argument("--samples", type=positive_int, default=100, help="samples kept")
+    sampler.add_argument("--burn-in", type=non_negative_int, default=100, help="steps dropped")
+    sampler.add_argument("--thin", type=positive_int, default=2, help="keep every n-th step")
+    sampler.add_argument("--step-size", type=positive_float, default=1e-4, help="Langevin h")
+    sampler.add_argument(
+        "--metropolis", action="store_true", help="Metropolis-adjusted (MALA) instead of ULA"
+    )
+    sampler.add_argument(
+        "--sigma-floor",
+        type=positive_float,
+        default=0.01,
+        help="the noise level used when the task's is lower (noise-free tasks)",
+    )
+    sampler.add_argument("--seed", type=non_negative_int, default=0)
+    sampler.set_defaults(handler=command_sample_posterior)

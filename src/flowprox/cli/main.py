@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from flowprox._version import __version__
-from flowprox.cli.apps import add_demo_command, add_restore_command
+from flowprox.cli.apps import add_demo_command, add_restore_command, add_sample_posterior_command
 from flowprox.cli.options import (
     FlowproxParser,
     add_device_argument,
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_commands(commands)
     add_restore_command(commands)
     add_demo_command(commands)
+    add_sample_posterior_command(commands)
     return parser
 
 

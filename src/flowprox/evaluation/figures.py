@@ -19,8 +19,10 @@ def comparison_figure(
     columns: Sequence[tuple[str, Tensor]],
     path: str | Path,
     title: str = "",
+    unscored: Sequence[str] = (),
 ) -> Path:
-    """Ground truth then each ``(name, images)`` column, with PSNR (dB) under every image.
+    """Ground truth then each ``(name, images)`` column, with PSNR (dB) under every image of
+    the columns not named in ``unscored`` (maps that are not reconstructions).
 
     Args:
         x: ground-truth images ``(N, C, H, W)`` in [0, 1], one row each.
@@ -36,7 +38,8 @@ def comparison_figure(
     for row in range(rows):
         panels = [("ground truth", x[row], None)]
         for name, images in columns:
-            value = float(psnr(images[row : row + 1], x[row : row + 1])[0])
+            score = psnr(images[row : row + 1], x[row : row + 1])[0]
+            value = None if name in unscored else float(score)
             panels.append((name, images[row], value))
         for column, (name, image, value) in enumerate(panels):
             axis = axes[row][column]
