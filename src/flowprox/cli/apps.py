@@ -300,7 +300,9 @@ def add_sample_posterior_command(commands: Any) -> None:
     sampler.add_argument("--data", required=True, help="the data with a test split")
     sampler.add_argument("--out", type=Path, required=True, help="a new output folder")
     sampler.add_argument("--prior", help="the pre-trained prior (None: the run's)")
-    sampler.add_argument("--split", default="test", choices=["test", "val"])
+    sampler.add_argument(
+        "--split", default="test", choices=["test", "val"], help="the split whose images to use"
+    )
     sampler.add_argument("--images", type=positive_int, default=16, help="images to sample")
     sampler.add_argument("--samples", type=positive_int, default=100, help="samples kept")
     sampler.add_argument("--burn-in", type=non_negative_int, default=100, help="steps dropped")
@@ -315,5 +317,7 @@ def add_sample_posterior_command(commands: Any) -> None:
         default=0.01,
         help="the noise level used when the task's is lower (noise-free tasks)",
     )
-    sampler.add_argument("--seed", type=non_negative_int, default=0)
+    sampler.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seeds the Langevin noise"
+    )
     sampler.set_defaults(handler=command_sample_posterior)
