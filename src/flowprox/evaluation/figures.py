@@ -52,12 +52,7 @@ def comparison_figure(
                 axis.set_xlabel(f"{value:.2f} dB", fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def curves_figure(
@@ -85,6 +80,11 @@ def curves_figure(
         axis.tick_params(labelsize=7)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=6)
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: str | Path) -> Path:
+    """Lay out ``figure``, write it as a PNG at ``path`` (folders made) and close it."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
