@@ -19,6 +19,7 @@ def test_late_gain_is_measured_over_the_last_fifth_of_the_steps() -> None:
     assert late_gain(flat) == pytest.approx(0.05)
     assert flattened(flat) is True
     falling = [(50, 25.0), (100, 24.0)]  # over-fitting also counts as flattened
+    assert late_gain(falling) == 0.0
     assert flattened(falling) is True
 
 

@@ -350,7 +350,9 @@ class UnrolledTrainConfig:
     Adam with ``lr`` for the prox networks and ``lr_step`` for ``mu_k``, ``lambda_k``. Fresh
     noise for every training batch (drawn from ``(seed, step)``); validation and test
     measurements come from ``measurement_seed`` so every method sees identical inputs.
-    Early stopping after ``early_stopping_patience`` evaluations without a lower val loss.
+    Early stopping after ``early_stopping_patience`` evaluations without a lower val loss;
+    with ``stop_when_flat``, also once ``flat_min_steps`` are done and the best val PSNR gained
+    less than 0.1 dB over the last 20% of the steps (``training.plateau``).
     """
 
     batch_size: int = 16
@@ -367,6 +369,8 @@ class UnrolledTrainConfig:
     max_bad_steps: int = 10
     max_restores: int = 3
     early_stopping_patience: int = 5
+    stop_when_flat: bool = False
+    flat_min_steps: int = 0
     val_images: int = 256
     eval_batch_size: int = 64
     measurement_seed: int = 1234
@@ -379,7 +383,8 @@ class UnrolledTrainConfig:
             "max_steps": _count(), "time_limit_minutes": _number(), "eval_every": _count(),
             "checkpoint_every": _count(), "log_every": _count(), "grad_clip": _number(),
             "max_bad_steps": _count(), "max_restores": _count(0),
-            "early_stopping_patience": _count(0), "val_images": _count(0),
+            "early_stopping_patience": _count(0), "flat_min_steps": _count(0),
+            "val_images": _count(0),
             "eval_batch_size": _count(), "measurement_seed": _count(0, _MAX_SEED),
             "device": _device(),
         })  # fmt: skip

@@ -108,6 +108,8 @@ class Reproduction:
             lr=budget.lr(method.prox),
             time_limit_minutes=budget.safety_minutes * scale,
             max_steps=max(1, round(scale * (budget.steps(method.prox) or config.train.max_steps))),
+            stop_when_flat=budget.stop_when_flat,
+            flat_min_steps=round(scale * budget.flat_min_steps),
         )
         if budget.patience_steps > 0:
             patience = max(1, budget.patience_steps // train.eval_every)

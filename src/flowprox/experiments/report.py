@@ -150,8 +150,9 @@ def _training_summary(reproduction: Reproduction) -> str:
     """Every training run: its steps, why it stopped, the steps skipped for a non-finite loss or
     gradient, and its best val PSNR (a run that hit the safety time cap is marked)."""
     lines = [
-        f"A run has flattened when its val PSNR gained less than {FLAT_GAIN_DB} dB over its "
-        f"last {FLAT_SHARE:.0%} of steps (curves: `figures/curves.png`).",
+        f"A run has flattened when its best val PSNR gained less than {FLAT_GAIN_DB} dB over "
+        f"its last {FLAT_SHARE:.0%} of steps (curves: `figures/curves.png`); a run stopped by "
+        "`flattened` ended there, before its step budget.",
         "",
         "| task | method | steps | stopped by | skipped steps | minutes | best val PSNR "
         "| late gain (dB) | flattened |",

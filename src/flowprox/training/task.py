@@ -59,6 +59,8 @@ RESUMABLE_KEYS = (
     "train.max_steps",
     "train.time_limit_minutes",
     "train.early_stopping_patience",
+    "train.stop_when_flat",
+    "train.flat_min_steps",
     "data.num_workers",
     "train.device",
     "prior",

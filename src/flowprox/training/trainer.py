@@ -38,6 +38,7 @@ from flowprox.training.distributed import (
     replica_divergence,
     unwrap_model,
 )
+from flowprox.training.plateau import flattened
 from flowprox.training.rundir import RunDirectory
 from flowprox.utils.checkpoint import (
     capture_rng_state,
@@ -62,6 +63,9 @@ class LoopSettings:
     max_bad_steps: int = 10
     max_restores: int = 3
     early_stopping_patience: int = 0
+    stop_when_flat: bool = False
+    flat_min_steps: int = 0
+    flat_metric: str = "val_psnr"
 
 
 def loop_settings(train_config: Any) -> LoopSettings:
@@ -227,6 +231,7 @@ class Trainer:
         self.step = 0
         self.best_score = math.inf
         self.evaluations_without_improvement = 0
+        self.curve: list[tuple[int, float]] = []  # (step, flat_metric) of every evaluation
         self.elapsed_seconds = 0.0
         self.bad_steps_in_a_row = 0
         self.bad_steps_total = 0
@@ -245,6 +250,7 @@ class Trainer:
             "step": self.step,
             "best_score": self.best_score,
             "evaluations_without_improvement": self.evaluations_without_improvement,
+            "curve": list(self.curve),
             "elapsed_seconds": self.elapsed_seconds,
             "bad_steps_total": self.bad_steps_total,
             "restores": self.restores,
@@ -265,6 +271,7 @@ class Trainer:
         self.step = payload["step"]
         self.best_score = payload["best_score"]
         self.evaluations_without_improvement = payload["evaluations_without_improvement"]
+        self.curve = [tuple(point) for point in payload.get("curve", [])]
         self.elapsed_seconds = payload["elapsed_seconds"]
         self.bad_steps_total = payload["bad_steps_total"]
         self.restores = payload["restores"]
@@ -408,8 +415,9 @@ class Trainer:
         out_of_time = self._out_of_time()
         last_step = self.step >= settings.max_steps or out_of_time
         if self.step % settings.eval_every == 0 or last_step:
-            if self._evaluate_and_checkpoint(evaluate):
-                return "early stopping"
+            stop = self._evaluate_and_checkpoint(evaluate)
+            if stop is not None:
+                return stop
         elif self.step % settings.checkpoint_every == 0:
             self._save()
         return "time limit" if out_of_time else None
@@ -444,8 +452,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         return {"lr": lr, "elapsed_s": round(self.elapsed_seconds, 2), **values}
 
-    def _evaluate_and_checkpoint(self, evaluate: EvaluateFn) -> bool:
-        """Evaluate on rank 0, checkpoint, and say whether early stopping ends the run."""
+    def _evaluate_and_checkpoint(self, evaluate: EvaluateFn) -> str | None:
+        """Evaluate on rank 0, checkpoint, and say why the run stops now (early stopping, or
+        a flattened learning curve), or None to go on."""
         metrics: dict[str, float] = {}
         if self.context.is_main:
             self.model.eval()
@@ -476,9 +485,22 @@ class Trainer:
         if self.context.is_main:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "score")
             tqdm.write(f"step {self.step}: {shown}" + (" (best)" if improved else ""))
+        value = metrics.get(self.settings.flat_metric)
+        if value is not None and math.isfinite(value):
+            self.curve.append((self.step, float(value)))
         self._save(best=improved)
         patience = self.settings.early_stopping_patience
-        return patience > 0 and self.evaluations_without_improvement >= patience
+        if patience > 0 and self.evaluations_without_improvement >= patience:
+            return "early stopping"
+        return "flattened" if self._flattened() else None
+
+    def _flattened(self) -> bool:
+        """Whether ``stop_when_flat`` is on, ``flat_min_steps`` are done, and the best
+        ``flat_metric`` gained less than ``FLAT_GAIN_DB`` over the last ``FLAT_SHARE`` of steps."""
+        settings = self.settings
+        if not settings.stop_when_flat or self.step < settings.flat_min_steps:
+            return False
+        return bool(flattened(self.curve))
 
 
 class _RunningMean:
