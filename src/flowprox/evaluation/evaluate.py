@@ -203,8 +203,11 @@ def run_method(
 
 
 def measurement_reconstructor(y: Tensor, op: LinearOperator) -> Tensor:
-    """The measurement itself as the estimate (the zero-filled image for inpainting)."""
-    return y
+    """The measurement itself as the estimate (the zero-filled image for inpainting); where the
+    measurement is not an image (super-resolution, compressed sensing, MRI), its zero-filled
+    pseudo-inverse ``A^+ y``."""
+    pseudo_inverse = getattr(op, "pseudo_inverse", None)
+    return pseudo_inverse(y) if callable(pseudo_inverse) else y
 
 
 def classical_reconstructor(parameter: float | None) -> Reconstructor:

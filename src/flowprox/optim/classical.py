@@ -9,7 +9,10 @@ the result to ``[0, 1]``:
   (:func:`inpaint_biharmonic`, scikit-image), no parameter; :func:`inpaint_harmonic` is a fast
   batched pure-torch alternative (Laplace equation);
 * deblurring (:class:`~flowprox.physics.operators.GaussianBlur`): the Wiener / Tikhonov filter
-  (:func:`wiener_deconvolution`, FFT), parameter: the balance (noise-to-signal ratio).
+  (:func:`wiener_deconvolution`, FFT), parameter: the balance (noise-to-signal ratio);
+* super-resolution, compressed sensing and MRI (the operators with a pseudo-inverse ``A^+``):
+  TV-regularised reconstruction (:func:`~flowprox.optim.tv.tv_reconstruction`, primal-dual),
+  parameter: the TV weight. Their zero-filled ``A^+ y`` is the measurement's own row.
 
 :func:`classical_reconstruction` dispatches on the operator and :func:`tune_classical_parameter`
 picks the parameter maximising the mean PSNR on validation images. The methods run without
@@ -30,6 +33,7 @@ from skimage.restoration import inpaint_biharmonic as _sk_inpaint_biharmonic
 from torch import Tensor
 
 from flowprox.metrics.quality import psnr
+from flowprox.optim.tv import tv_reconstruction
 from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask
 from flowprox.utils.validation import check_image_batch
 
@@ -218,7 +222,7 @@ def _has_pseudo_inverse(op: LinearOperator) -> bool:
 def classical_name(op: LinearOperator) -> str:
     """Display name of the operator's classical method (see :func:`classical_reconstruction`)."""
     if _has_pseudo_inverse(op):
-        return "zero-filled pseudo-inverse (A^+ y)"
+        return "TV-regularised reconstruction (primal-dual)"
     if isinstance(op, GaussianBlur):
         return "Wiener deconvolution"
     if isinstance(op, Mask):
@@ -232,7 +236,8 @@ def _unsupported(op: object) -> ValueError:
     return ValueError(
         f"no classical reconstruction for operator {type(op).__name__}; supported are "
         "Identity (TV denoising), Mask (biharmonic inpainting), GaussianBlur (Wiener) and "
-        "the operators with a pseudo-inverse (super-resolution, compressed sensing, MRI)."
+        "the operators with a pseudo-inverse (super-resolution, compressed sensing, MRI: "
+        "TV-regularised reconstruction)."
     )
 
 
@@ -241,11 +246,14 @@ def classical_candidates(op: LinearOperator) -> list[float] | None:
 
     Identity: TV weights ``10^(k/4)``, ``k = -12 .. 0`` (1e-3 to 1). GaussianBlur: Wiener
     balances ``10^(k/2)``, ``k = -24 .. 0`` (1e-12 to 1: noise-free blur
-    is nearly invertible in float32, and its best balance is about 1e-11). Mask: None.
+    is nearly invertible in float32, and its best balance is about 1e-11). Operators with a
+    pseudo-inverse: TV weights ``10^(k/4)``, ``k = -16 .. -4`` (1e-4 to 0.1). Mask: None.
     """
     if isinstance(op, GaussianBlur):
         return [10.0 ** (k / 2) for k in range(-24, 1)]
-    if isinstance(op, Mask) or _has_pseudo_inverse(op):
+    if _has_pseudo_inverse(op):
+        return [10.0 ** (k / 4) for k in range(-16, -3)]
+    if isinstance(op, Mask):
         return None
     if isinstance(op, Identity):
         return [10.0 ** (k / 4) for k in range(-12, 1)]
@@ -259,7 +267,8 @@ def classical_reconstruction(
 
     Identity: :func:`tv_denoise` with ``weight=parameter``; Mask: :func:`inpaint_biharmonic`
     (``parameter`` unused); GaussianBlur: :func:`wiener_deconvolution` with
-    ``balance=parameter``.
+    ``balance=parameter``; operators with a pseudo-inverse: :func:`tv_reconstruction` with
+    ``weight=parameter``.
 
     Args:
         y: Measurements, ``(B, C, H, W)``.
@@ -272,9 +281,7 @@ def classical_reconstruction(
     """
     if isinstance(op, Mask):
         return inpaint_biharmonic(y, op)
-    if _has_pseudo_inverse(op):
-        return op.pseudo_inverse(y).clamp(0, 1)  # type: ignore[operator]
-    if not isinstance(op, (GaussianBlur, Identity)):
+    if not isinstance(op, (GaussianBlur, Identity)) and not _has_pseudo_inverse(op):
         raise _unsupported(op)
     if parameter is None:
         raise ValueError(
@@ -283,7 +290,9 @@ def classical_reconstruction(
         )
     if isinstance(op, GaussianBlur):
         return wiener_deconvolution(y, op, balance=parameter)
-    return tv_denoise(y, weight=parameter)
+    if isinstance(op, Identity):
+        return tv_denoise(y, weight=parameter)
+    return tv_reconstruction(y, op, weight=parameter).to(y.dtype)
 
 
 def tune_classical_parameter(
