@@ -33,7 +33,8 @@ from flowprox.evaluation.evaluate import (
     tune_latent,
     write_results,
 )
-from flowprox.experiments.pipeline import TASKS, reproduce
+from flowprox.experiments.pipeline import reproduce
+from flowprox.experiments.plan import resolve_tasks
 from flowprox.models.prior import load_prior
 from flowprox.models.unrolled import PROX_KINDS, load_unrolled
 from flowprox.physics.tasks import PRESET_NAMES, TASK_KINDS, resolve_task
@@ -193,7 +194,7 @@ def command_solve_latent(args: argparse.Namespace) -> int:
 def command_reproduce(args: argparse.Namespace) -> int:
     """The whole pipeline: prior, every method and task, evaluation, results.md."""
 
-    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    tasks = resolve_tasks(args.tasks)
     reproduce(
         args.preset, args.data, args.out, args.device, tasks, tuple(args.set or ()),
         ood_data=args.ood_data, redo=tuple(args.redo or ()), strict=args.strict,
@@ -332,7 +333,11 @@ def add_task_commands(commands: Any) -> None:
     )
     add_device_argument(repro, "cpu", "where every stage runs")
     add_strict_argument(repro)
-    repro.add_argument("--tasks", help="comma-separated subset of the tasks (None: all)")
+    repro.add_argument(
+        "--tasks",
+        help="comma-separated tasks or groups: paper (the default: denoise, inpaint, deblur, "
+        "deblur-small-support), beyond (super-resolution, compressed-sensing, mri), all",
+    )
     repro.add_argument(
         "--budget-scale",
         type=float,

@@ -21,7 +21,7 @@ from flowprox.config import (
     preset_path,
 )
 from flowprox.evaluation.evaluate import anime_path
-from flowprox.experiments.plan import REPRODUCE_PRESETS, TASKS, Method
+from flowprox.experiments.plan import ALL_TASKS, REPRODUCE_PRESETS, TASKS, Method
 from flowprox.physics.tasks import task_preset
 from flowprox.training.configs import unrolled_config
 
@@ -43,9 +43,9 @@ class Reproduction:
     ) -> None:
         if preset not in REPRODUCE_PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {list(REPRODUCE_PRESETS)}.")
-        unknown = [t for t in tasks if t not in TASKS]
+        unknown = [t for t in tasks if t not in ALL_TASKS]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}.")
+            raise ValueError(f"unknown task(s) {unknown}; choose from {ALL_TASKS}.")
         self.preset = preset
         self.settings = REPRODUCE_PRESETS[preset]
         self.data = str(data)

@@ -15,7 +15,14 @@ import torch
 
 from flowprox.config import ProxKind
 
-TASKS = ("denoise", "inpaint", "deblur", "deblur-small-support")
+#: the paper's tasks (Tables I-IV and the small-support deblurring column): the default
+PAPER_TASKS = ("denoise", "inpaint", "deblur", "deblur-small-support")
+#: the forward models beyond the paper, with their own table
+BEYOND_TASKS = ("super-resolution", "compressed-sensing", "mri")
+TASKS = PAPER_TASKS
+ALL_TASKS = PAPER_TASKS + BEYOND_TASKS
+#: names ``--tasks`` accepts for groups of tasks
+TASK_GROUPS = {"paper": PAPER_TASKS, "beyond": BEYOND_TASKS, "all": ALL_TASKS}
 
 
 @dataclass(frozen=True)
@@ -140,9 +147,31 @@ REPRODUCE_PRESETS = {
 }
 
 
+def resolve_tasks(spec: str | None) -> tuple[str, ...]:
+    """The tasks of ``--tasks``: comma-separated task names or groups (``paper``, the default;
+    ``beyond``; ``all``), in the plan's order, each once."""
+    if not spec:
+        return TASKS
+    chosen: set[str] = set()
+    for name in (part.strip() for part in spec.split(",")):
+        if name in TASK_GROUPS:
+            chosen.update(TASK_GROUPS[name])
+        elif name in ALL_TASKS:
+            chosen.add(name)
+        else:
+            raise ValueError(
+                f"unknown task {name!r} in --tasks; choose from {', '.join(ALL_TASKS)} or the "
+                f"groups {', '.join(TASK_GROUPS)} (comma-separated)."
+            )
+    return tuple(task for task in ALL_TASKS if task in chosen)
+
+
 def methods_for(task: str) -> list[Method]:
     """The methods trained for ``task`` (no denoiser variants for denoising itself; the extra
-    small-support deblurring column has the three proxes of Table I)."""
+    small-support deblurring column has the three proxes of Table I; the tasks beyond the paper
+    the GLOW and U-Net proxes)."""
+    if task in BEYOND_TASKS:
+        return [m for m in METHODS if m.key in ("unet", "glow")]
     if task == "denoise":
         return [m for m in METHODS if not m.from_denoiser]
     if task == "deblur-small-support":
@@ -183,14 +212,15 @@ class EvaluationStage:
 
 def evaluation_stages(task: str, budget: EvaluationBudget) -> list[EvaluationStage]:
     """The results files of ``task``: in distribution; for the paper's three tasks also
-    out-of-distribution measurements and images (and every anime image when asked)."""
+    out-of-distribution measurements and images (and every anime image when asked); for the
+    tasks beyond the paper out-of-distribution measurements."""
     stages = [EvaluationStage("in-distribution", "in-distribution", budget.eval_images, True)]
     if task == "deblur-small-support":
         return stages
-    stages += [
-        EvaluationStage("ood-measurement", "ood-measurement", budget.eval_images, True),
-        EvaluationStage("ood-images", "ood-images", budget.anime_images, True),
-    ]
+    stages.append(EvaluationStage("ood-measurement", "ood-measurement", budget.eval_images, True))
+    if task in BEYOND_TASKS:
+        return stages
+    stages.append(EvaluationStage("ood-images", "ood-images", budget.anime_images, True))
     if budget.anime_all:
         stages.append(
             EvaluationStage(ALL_ANIME, "ood-images", 0, False, ALL_ANIME_METHODS, figure=False)

@@ -28,9 +28,18 @@ class LatentResult:
     objective: list[float] = field(default_factory=list)
 
 
-def latent_objective(flow: Glow, z: Tensor, y: Tensor, op: LinearOperator, gamma: float) -> Tensor:
-    """Per-image ``||y - A g(z)||^2 + gamma ||z||^2``, shape ``(B,)``."""
-    x = flow.inverse(z, image_size=tuple(y.shape[-2:]))
+def latent_objective(
+    flow: Glow,
+    z: Tensor,
+    y: Tensor,
+    op: LinearOperator,
+    gamma: float,
+    image_size: tuple[int, int] | None = None,
+) -> Tensor:
+    """Per-image ``||y - A g(z)||^2 + gamma ||z||^2``, shape ``(B,)``; ``image_size`` is the
+    images' ``(H, W)`` (default: that of ``A^T y``)."""
+    size = image_size or _image_size(y, op)
+    x = flow.inverse(z, image_size=size)
     residual = (op.A(x) - y).flatten(1).pow(2).sum(1)
     return residual + gamma * z.pow(2).sum(1)
 
@@ -53,7 +62,8 @@ def solve_latent(
         steps: Adam iterations ``T`` (the paper compares at ``T = 50``).
         gamma: weight of the latent penalty ``||z||^2``.
         lr: Adam's learning rate.
-        image_size: the images' ``(H, W)`` (``y``'s by default).
+        image_size: the images' ``(H, W)`` (by default that of ``A^T y``, which is ``y``'s
+            where the measurement is an image).
 
     Returns:
         ``LatentResult`` with ``x = g(z_T)`` (detached) and the objective at every iteration.
@@ -70,6 +80,7 @@ def solve_latent(
     flow.requires_grad_(False)
     was_training = flow.training
     flow.eval()
+    size = image_size or _image_size(y, op)
     try:
         z = torch.zeros(y.shape[0], flow.latent_dim(), dtype=dtype, device=y.device)
         z.requires_grad_(True)
@@ -77,17 +88,24 @@ def solve_latent(
         history = []
         with torch.enable_grad():
             for _ in range(steps):
-                objective = latent_objective(flow, z, y, op, gamma)
+                objective = latent_objective(flow, z, y, op, gamma, size)
                 history.append(float(objective.detach().mean()))
                 optimizer.zero_grad(set_to_none=True)
                 objective.sum().backward()
                 optimizer.step()
         with torch.no_grad():
-            history.append(float(latent_objective(flow, z, y, op, gamma).mean()))
-            size = image_size or tuple(y.shape[-2:])
-            x = flow.inverse(z, image_size=size)  # type: ignore[arg-type]
+            history.append(float(latent_objective(flow, z, y, op, gamma, size).mean()))
+            x = flow.inverse(z, image_size=size)
     finally:
         for param, flag in zip(flow.parameters(), requires_grad, strict=True):
             param.requires_grad_(flag)
         flow.train(was_training)
     return LatentResult(x=x.detach(), z=z.detach(), objective=history)
+
+
+def _image_size(y: Tensor, op: LinearOperator) -> tuple[int, int]:
+    """The images' ``(H, W)``: those of ``A^T y`` (not ``y``'s: a super-resolution, compressed
+    sensing or MRI measurement is not an image of the reconstruction's size)."""
+    with torch.no_grad():
+        height, width = op.A_adjoint(y[:1]).shape[-2:]
+    return int(height), int(width)
