@@ -347,7 +347,10 @@ class UnrolledModelConfig:
 class UnrolledTrainConfig:
     """End-to-end MSE training of the unrolled network (DESIGN.md section 1).
 
-    Adam with ``lr`` for the prox networks and ``lr_step`` for ``mu_k``, ``lambda_k``. Fresh
+    Adam with ``lr`` for the prox networks and ``lr_step`` for ``mu_k``, ``lambda_k``. With
+    ``likelihood_weight`` beta > 0 the loss adds beta times the mean bits/dim that each fold's
+    flow gives the clean training batch, so the fine-tuned flows stay density models of clean
+    images (the paper's future work, section VII). Fresh
     noise for every training batch (drawn from ``(seed, step)``); validation and test
     measurements come from ``measurement_seed`` so every method sees identical inputs.
     Early stopping after ``early_stopping_patience`` evaluations without a lower val loss;
@@ -369,6 +372,8 @@ class UnrolledTrainConfig:
     max_bad_steps: int = 10
     max_restores: int = 3
     early_stopping_patience: int = 5
+    #: beta of ``MSE + beta * mean over the folds' flows of their bits/dim on the clean batch``
+    likelihood_weight: float = 0.0
     stop_when_flat: bool = False
     flat_min_steps: int = 0
     val_images: int = 256
@@ -384,6 +389,7 @@ class UnrolledTrainConfig:
             "checkpoint_every": _count(), "log_every": _count(), "grad_clip": _number(),
             "max_bad_steps": _count(), "max_restores": _count(0),
             "early_stopping_patience": _count(0), "flat_min_steps": _count(0),
+            "likelihood_weight": _number(),
             "val_images": _count(0),
             "eval_batch_size": _count(), "measurement_seed": _count(0, _MAX_SEED),
             "device": _device(),

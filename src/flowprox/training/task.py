@@ -42,6 +42,7 @@ from flowprox.training.distributed import (
     check_global_batch,
     cleanup_distributed,
     setup_distributed,
+    unwrap_model,
     wrap_model,
 )
 from flowprox.training.rundir import RunDirectory, open_run_directory
@@ -121,7 +122,7 @@ def _train(
 ) -> Path:
     """The steps of ``train_unrolled`` in this process (one rank of a DDP run, or the only one)."""
     _check_task_config(config, context)
-    config, prior = _with_loaded_prior(config)
+    config, prior, n_bits = _with_loaded_prior(config)
     config_dict = config_to_dict(config)
     with open_run_directory(out, config_dict, argv, context.is_main, resume) as run_dir:
         train_set, val_set = train_and_val_splits(config.data, context, "training")
@@ -129,32 +130,49 @@ def _train(
         op = build_operator(config.task, config.data.resolution, image_shape[0]).to(context.device)
         network = _build_network(config, op, prior, resume, context)
         trainer = _make_unrolled_trainer(config, config_dict, network, run_dir, context, resume)
-        objective = ReconstructionError(config, op, val_set, image_shape, context)
+        objective = ReconstructionError(config, op, val_set, image_shape, context, n_bits)
         train_batches = training_batches(train_set, config, trainer.step, context)
         trainer.fit(train_batches, objective.loss, objective.evaluate)
         return out
 
 
 def _check_task_config(config: UnrolledExperiment, context: DistributedContext) -> None:
-    """Raise on an invalid task or a batch the ranks cannot share."""
+    """Raise on an invalid task, a batch the ranks cannot share, or a likelihood term without a
+    flow to fine-tune."""
     validate_task(config.task)
     check_global_batch(config.train.batch_size, context)
+    if config.train.likelihood_weight > 0:
+        if config.model.prox != ProxKind.GLOW:
+            raise ValueError(
+                f"train.likelihood_weight = {config.train.likelihood_weight:g} keeps fine-tuned "
+                f"flows density models, but prox {config.model.prox!r} fine-tunes none; use it "
+                "with --prox glow, or set train.likelihood_weight=0."
+            )
+        if context.world_size > 1:
+            raise ValueError(
+                "train.likelihood_weight > 0 is not supported under torchrun yet (the term runs "
+                "the flows outside DDP's forward pass); train on one process, or set it to 0."
+            )
 
 
-def _with_loaded_prior(config: UnrolledExperiment) -> tuple[UnrolledExperiment, Glow | None]:
-    """The pre-trained prior of ``config.prior`` (or None) and ``config`` with its model config.
+def _with_loaded_prior(
+    config: UnrolledExperiment,
+) -> tuple[UnrolledExperiment, Glow | None, int]:
+    """The pre-trained prior of ``config.prior`` (or None), ``config`` with its model config,
+    and the bits per channel of the prior's data (8 without a prior).
 
     A flow prox without a prior is an error.
     """
     if config.prior:
         prior, prior_config = load_prior(config.prior)
-        return with_prior_model(config, prior_config["model"]), prior
+        n_bits = int(prior_config.get("train", {}).get("n_bits", 8))
+        return with_prior_model(config, prior_config["model"]), prior, n_bits
     if config.model.prox in ProxKind.flows():
         raise ValueError(
             f"prox {config.model.prox!r} needs the pre-trained prior: pass --prior PRIOR.pt "
             "(the best.pt of a `flowprox pretrain` run)."
         )
-    return config, None
+    return config, None, 8
 
 
 def _build_network(
@@ -227,8 +245,10 @@ class ReconstructionError:
         val_set: ImageDataset,
         image_shape: torch.Size,
         context: DistributedContext,
+        n_bits: int = 8,
     ) -> None:
         self.config = config
+        self.n_bits = n_bits
         self.op = op
         self.image_shape = image_shape
         self.context = context
@@ -243,10 +263,24 @@ class ReconstructionError:
         return y
 
     def loss(self, model: nn.Module, x: Tensor, step: int) -> Tensor:
-        """``mean ||x^ - x||^2`` for measurements of ``x`` with the noise of ``(seed, step)``."""
+        """``mean ||x^ - x||^2`` for measurements of ``x`` with the noise of ``(seed, step)``,
+        plus ``likelihood_weight`` times :meth:`flow_bits_per_dim` when it is positive."""
         clean = self.op.A(x)
         y = clean + self.config.task.sigma_n * self._measurement_noise(step, clean)
-        return F.mse_loss(model(y, self.op), x)
+        loss = F.mse_loss(model(y, self.op), x)
+        beta = self.config.train.likelihood_weight
+        if beta > 0:
+            loss = loss + beta * self.flow_bits_per_dim(unwrap_model(model), x, step)
+        return loss
+
+    def flow_bits_per_dim(self, network: nn.Module, x: Tensor, step: int) -> Tensor:
+        """The mean over the network's distinct flows of their mean bits/dim on the clean batch
+        ``x`` (reduced to the prior's bits, dequantised by noise of ``(seed, step)``)."""
+        flows = list({id(p.flow): p.flow for p in network.proxes if hasattr(p, "flow")}.values())
+        noise = torch.rand(x.shape, generator=step_generator(self.config.seed + 1, step))
+        noise = noise.to(x.device)
+        per_flow = [flow.bits_per_dim(x, self.n_bits, dequantize_noise=noise) for flow in flows]
+        return torch.stack([bits.mean() for bits in per_flow]).mean()
 
     def _measurement_noise(self, step: int, clean: Tensor) -> Tensor:
         """This rank's rows of the step's standard normal noise for the whole global batch, in
