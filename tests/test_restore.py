@@ -499,3 +499,41 @@ def test_exif_orientation_is_applied_as_pillow_shows_the_image(
     with Image.open(tmp_path / "photo.jpg") as opened:
         shown = np.asarray(ImageOps.exif_transpose(opened)) / 255
     np.testing.assert_allclose(decoded, shown, atol=1e-6)
+
+
+# ------------------------------------------------------------ posterior samples (--samples N)
+
+
+@pytest.mark.parametrize("mode", ["native", "resize"])
+def test_samples_write_a_posterior_mean_and_std_of_the_inputs_size(
+    trained: tuple[Path, Path], tmp_path: Path, capsys, mode: str
+) -> None:
+    _, checkpoint = trained
+    paths = _write_images(tmp_path / "in", 2, (12, 10))
+    out = tmp_path / "out"
+    code = _restore(checkpoint, paths, out, "--simulate", "--samples", "12", "--mode", mode)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "std max" in printed and "ESS" in printed
+    for path in paths:
+        restored, _ = read_image(out / f"{path.stem}_restored.png")
+        mean, _ = read_image(out / f"{path.stem}_posterior_mean.png")
+        std, _ = read_image(out / f"{path.stem}_posterior_std.png")
+        assert mean.shape == std.shape == restored.shape == (10, 12, 3)
+        assert std.max() == 1.0 and std.min() < std.max()  # scaled so its maximum is white
+        # the chain starts at the restoration and stays near it: the mean is close to it
+        mean_t, restored_t = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (mean, restored))
+        assert float(psnr(mean_t, restored_t)[0]) > 20.0
+
+
+def test_samples_need_a_whole_image_chain_and_the_prior(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, checkpoint = trained
+    paths = _write_images(tmp_path / "in", 1, (8, 8))
+    code = _restore(checkpoint, paths, tmp_path / "out", "--samples", "4", "--mode", "tiles")
+    assert code == 2
+    assert "--mode tiles never sees" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: "must be a whole number >= 0"
+        _restore(checkpoint, paths, tmp_path / "out", "--samples", "-1")
+    assert "must be a whole number >= 0" in capsys.readouterr().err

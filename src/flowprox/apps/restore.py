@@ -39,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowprox.apps.posterior import SamplerSettings
 from flowprox.config import ProxKind, TaskConfig, UnrolledExperiment
 from flowprox.evaluation.restored import restored_val_bits_per_dim
 from flowprox.flows import Glow
 from flowprox.metrics.typicality import TypicalRange, calibrate, image_bits_per_dim
 from flowprox.models.prior import load_prior
+from flowprox.optim.posterior import langevin_posterior
 from flowprox.optim.prox import FlowProx
 from flowprox.optim.unrolled import UnrolledProximalGradient, prior_mode
 from flowprox.physics.noise import measure_fixed
@@ -441,6 +443,20 @@ class Restored:
     restored: Tensor
     measurement: Tensor | None
     scored: Tensor
+    y: Tensor  # the measurement restored, (1, C, H, W) on the input's grid
+
+
+@dataclass(frozen=True)
+class PosteriorSummary:
+    """Posterior mean and per-pixel standard deviation ``(C, H, W)`` of one restoration, on the
+    input's grid, with the sampler's diagnostics."""
+
+    mean: Tensor
+    std: Tensor
+    samples: int
+    step_size: float
+    acceptance: float  # MALA's acceptance rate; 1 for unadjusted Langevin
+    ess_median: float
 
 
 class Restorer:
@@ -526,7 +542,54 @@ class Restorer:
                 device = _device(self.network)
                 scored = self.network(small.to(device), op_network.to(device)).cpu()
             x = resize(scored, size)
-        return Restored(source, x[0], y[0] if simulate else None, scored)
+        return Restored(source, x[0], y[0] if simulate else None, scored, y)
+
+    def sample_posterior(
+        self, prior: Glow, restored: Restored, settings: SamplerSettings, index: int = 0
+    ) -> PosteriorSummary:
+        """Langevin samples of ``p(x | y)`` under ``prior`` (``optim.posterior``), started at
+        ``z_0 = f(x^)`` of the restoration, on the grid the network worked on: the padded
+        image (``native``) or the model's size (``resize``, then resized back). ``sigma_n`` is
+        the task's, at least ``settings.sigma_floor``."""
+        if self.mode == "tiles":
+            raise ValueError(
+                "--samples draws one chain over the whole image, which --mode tiles never sees "
+                "at once; use --mode native (or resize)."
+            )
+        size = (restored.y.shape[-2], restored.y.shape[-1])
+        op_input, op_network = self.operators(size)
+        if self.mode == "native":
+            height, width = size
+            extra_h, extra_w = -height % self.multiple, -width % self.multiple
+            pads = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+            y, op = _pad(restored.y, pads), _pad_operator(op_input, pads)
+            start = _pad(restored.restored[None], pads)
+        else:
+            model = (self.resolution, self.resolution)
+            y = resize(restored.y, model) if tuple(size) != model else restored.y
+            op, start = op_network, restored.scored
+        device = next(prior.parameters()).device
+        grid = (y.shape[-2], y.shape[-1])
+        with torch.no_grad():
+            z0, _ = prior(start.clamp(0, 1).to(device))
+        result = langevin_posterior(
+            lambda z: prior.inverse(z, image_size=grid), y.to(device), op.to(device),
+            max(self.task.sigma_n, settings.sigma_floor), z0,
+            steps=settings.samples * settings.thin, step_size=settings.step_size,
+            burn_in=settings.burn_in, thin=settings.thin, metropolis=settings.metropolis,
+            generator=torch.Generator().manual_seed(settings.seed + index),
+        )  # fmt: skip
+        samples = result.samples.clamp(0, 1).cpu()
+        mean, std = samples.mean(0), samples.std(0)
+        if self.mode == "native":
+            crop = (..., slice(pads[2], pads[2] + size[0]), slice(pads[0], pads[0] + size[1]))
+            mean, std = mean[crop], std[crop]
+        else:
+            mean, std = resize(mean, size), resize(std, size).clamp_min(0)
+        return PosteriorSummary(
+            mean[0], std[0], len(samples), result.step_size, result.acceptance,
+            float(result.ess.median()),
+        )  # fmt: skip
 
     def score(self, prior: Glow, restored: Restored, n_bits: int) -> float:
         """Bits/dim under ``prior`` of the restoration at the model's scale: the highest of its

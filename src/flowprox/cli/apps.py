@@ -56,6 +56,11 @@ def _check_restore_flags(args: argparse.Namespace) -> float:
             "--false-alarm is used when calibrating: add --calibration-data DATA (a saved "
             "threshold keeps the rate it was calibrated with)."
         )
+    if args.samples and args.mode == "tiles":
+        raise ValueError(
+            "--samples draws one chain over the whole image, which --mode tiles never sees at "
+            "once; use --mode native (or resize)."
+        )
     if args.prior and not Path(args.prior).is_file():
         raise FileNotFoundError(
             f"--prior {args.prior} not found; pass a prior checkpoint (e.g. "
@@ -116,6 +121,12 @@ def command_restore(args: argparse.Namespace) -> int:
         )
     elif prior is not None and cache.is_file():
         typical = TypicalRange.load(cache)
+    if args.samples and prior is None:
+        raise ValueError(
+            f"--samples draws from the posterior under the prior, but the run's prior "
+            f"{config.prior or '(none)'} is not there; pass --prior PRIOR.pt."
+        )
+    sampler = SamplerSettings(samples=args.samples, step_size=args.sample_step, seed=args.seed)
 
     described = "mask " + str(args.mask) if args.mask else task_label(task)
     print(
@@ -138,6 +149,13 @@ def command_restore(args: argparse.Namespace) -> int:
             original, _ = read_image(path, args.alpha)
             row["PSNR measurement"] = f"{_psnr_of_file(measured, original):.2f}"
             row["PSNR restored"] = f"{_psnr_of_file(target, original):.2f}"
+        if args.samples:
+            posterior = restorer.sample_posterior(prior, result, sampler, index)  # type: ignore[arg-type]
+            save_image(posterior.mean, out / f"{name}_posterior_mean.png", image_format)
+            scale = float(posterior.std.max()) or 1.0
+            save_image(posterior.std / scale, out / f"{name}_posterior_std.png", image_format)
+            row["std max"] = f"{scale:.3f}"
+            row["ESS"] = f"{posterior.ess_median:.0f}/{posterior.samples}"
         if prior is not None:
             value = restorer.score(prior, result, n_bits)
             row["bits/dim"] = f"{value:.3f}"
@@ -237,7 +255,24 @@ def add_restore_command(commands: Any) -> None:
         help="fraction of validation images the calibrated threshold flags, in (0, 0.5), with "
         f"--calibration-data (default: {DEFAULT_FALSE_ALARM})",
     )
-    restore.add_argument("--seed", type=int, default=2022, help="noise seed for --simulate")
+    restore.add_argument(
+        "--seed", type=int, default=2022, help="noise seed for --simulate and --samples"
+    )
+    restore.add_argument(
+        "--samples",
+        type=non_negative_int,
+        default=0,
+        help="draw this many posterior samples per image (Langevin in the prior's latent space, "
+        "from the restoration) and write NAME_posterior_mean.png and NAME_posterior_std.png "
+        "(the per-pixel standard deviation, scaled so its maximum is white; the table gives "
+        "the maximum) (default: 0, none)",
+    )
+    restore.add_argument(
+        "--sample-step",
+        type=positive_float,
+        default=SamplerSettings().step_size,
+        help=f"Langevin step size for --samples (default: {SamplerSettings().step_size:g})",
+    )
     add_strict_argument(restore)
     restore.set_defaults(handler=command_restore)
 
