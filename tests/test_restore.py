@@ -537,3 +537,63 @@ def test_samples_need_a_whole_image_chain_and_the_prior(
     with pytest.raises(SystemExit):  # argparse: "must be a whole number >= 0"
         _restore(checkpoint, paths, tmp_path / "out", "--samples", "-1")
     assert "must be a whole number >= 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------ super-resolution, compressed sensing and MRI
+
+
+def _trained_on(trained: tuple[Path, Path], task: str, steps: int) -> Path:
+    data, _ = trained
+    out = data / f"glow-{task}"
+    if not (out / "checkpoints" / "best.pt").is_file():
+        config = unrolled_config(
+            task, "glow", "tiny", data=data, prior=data / "prior" / "checkpoints" / "best.pt",
+            overrides=[f"train.max_steps={steps}"],
+        )  # fmt: skip
+        train_unrolled(config, out)
+    return out / "checkpoints" / "best.pt"
+
+
+def test_super_resolution_restores_a_low_resolution_image_at_factor_times_its_size(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    checkpoint = _trained_on(trained, "super-resolution", 30)
+    low = tmp_path / "low.png"
+    Image.fromarray(smooth_uint8_images(1, 8, 9)[0][:5, :6]).save(low)  # 6x5: not a multiple of 4
+    assert _restore(checkpoint, [low], tmp_path / "out") == 0
+    restored, _ = read_image(tmp_path / "out" / "low_restored.png")
+    assert restored.shape == (10, 12, 3)  # twice the input's size (the tiny preset's x2)
+    # the restoration is consistent with the measurement: its 2x2 means are near the input
+    means = torch.from_numpy(restored).permute(2, 0, 1)[None]
+    means = torch.nn.functional.avg_pool2d(means, 2)
+    given = torch.from_numpy(read_image(low)[0]).permute(2, 0, 1)[None]
+    assert float(psnr(means, given)[0]) > 25.0
+    clean = _write_images(tmp_path / "clean", 2, (12, 8))
+    out = tmp_path / "simulated"
+    assert _restore(checkpoint, clean, out, "--simulate", "--samples", "4") == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.startswith(str(clean[0].parent))]
+    assert len(rows) == 2 and all(float(row[2]) > 10 and float(row[3]) > 10 for row in rows)
+    for path in clean:
+        for suffix in ("restored", "measurement", "posterior_mean", "posterior_std"):
+            assert read_image(out / f"{path.stem}_{suffix}.png")[0].shape == (8, 12, 3)
+    odd = _write_images(tmp_path / "odd", 1, (11, 8))
+    assert _restore(checkpoint, odd, tmp_path / "o", "--simulate") == 2
+    assert "not a multiple of 2; crop it" in capsys.readouterr().err
+    assert _restore(checkpoint, [low], tmp_path / "t", "--mode", "tiles") == 2
+    assert "use --mode native" in capsys.readouterr().err
+
+
+def test_compressed_sensing_restores_simulated_measurements_only(
+    trained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    checkpoint = _trained_on(trained, "compressed-sensing", 5)
+    clean = _write_images(tmp_path / "clean", 1, (16, 8))
+    assert _restore(checkpoint, clean, tmp_path / "out", "--simulate") == 0
+    restored, _ = read_image(tmp_path / "out" / "face0_restored.png")
+    assert restored.shape == (8, 16, 3)
+    assert _restore(checkpoint, clean, tmp_path / "o2") == 2
+    assert "measurement is not an image file" in capsys.readouterr().err
+    odd = _write_images(tmp_path / "odd", 1, (10, 8))
+    assert _restore(checkpoint, odd, tmp_path / "o3", "--simulate") == 2
+    assert "cannot be padded after it is measured" in capsys.readouterr().err

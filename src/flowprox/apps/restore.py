@@ -24,6 +24,11 @@ checkpoint's task is used in the pixels the network works in: the input's for ``
 ``tiles``, the model's for ``resize``. ``simulate=True`` treats the inputs as clean images:
 they are degraded at their own size by the operator (and noise), restored, and the *written*
 files are scored by PSNR against the original input.
+
+Super-resolution takes the low-resolution image and writes one ``factor`` times larger (with
+``simulate``, a clean image is shrunk first and restored at its own size); compressed sensing
+and MRI measure no image a person holds, so they restore simulated measurements of clean
+images only. All three run in ``native`` mode, where the whole operator is at hand.
 """
 
 from __future__ import annotations
@@ -143,6 +148,9 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ operators
+
+#: tasks whose measurement is not an image of the restored image's grid
+SUBSAMPLED_KINDS = ("super-resolution", "compressed-sensing", "mri")
 
 
 def restore_task(
@@ -316,6 +324,19 @@ class InitialEstimates:
         )
 
 
+def native_padding(
+    size: tuple[int, int], multiple: int, scale: int = 1
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Padding ``(left, right, top, bottom)`` of a measurement of ``size`` and of its image,
+    ``scale`` times larger (super-resolution), so that the image's sides become multiples of
+    ``multiple``: the measurement is padded to multiples of ``multiple / gcd(multiple, scale)``
+    and the image by ``scale`` times as much."""
+    unit = multiple // math.gcd(multiple, scale)
+    extra_h, extra_w = -size[0] % unit, -size[1] % unit
+    pads = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+    return pads, tuple(scale * p for p in pads)  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def restore_native(
     network: torch.nn.Module,
@@ -323,18 +344,21 @@ def restore_native(
     op: LinearOperator,
     multiple: int,
     initial: InitialEstimates | None = None,
+    scale: int = 1,
 ) -> Tensor:
-    """Restore ``y`` ``(1, C, H, W)`` whole: padded by reflection to multiples of ``multiple``,
-    started from ``initial((H', W'))`` at the padded size, cropped back to ``(H, W)``."""
+    """Restore ``y`` ``(1, C, H, W)`` whole: padded by reflection so that the image (``scale``
+    times ``y``'s size: super-resolution) has sides that are multiples of ``multiple``, started
+    from ``initial`` at the padded image's size, cropped back to ``scale * (H, W)``."""
     height, width = y.shape[-2:]
-    extra_h, extra_w = -height % multiple, -width % multiple
-    pads = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+    pads, image_pads = native_padding((height, width), multiple, scale)
     padded = _pad(y, pads)
-    x0 = initial(tuple(padded.shape[-2:])) if initial is not None else None
+    grid = (scale * padded.shape[-2], scale * padded.shape[-1])
+    x0 = initial(grid) if initial is not None else None
     device = _device(network)
     kwargs = {"x0": x0.to(device)} if x0 is not None else {}
     x = network(padded.to(device), _pad_operator(op, pads).to(device), **kwargs).cpu()
-    return x[..., pads[2] : pads[2] + height, pads[0] : pads[0] + width]
+    top, left = image_pads[2], image_pads[0]
+    return x[..., top : top + scale * height, left : left + scale * width]
 
 
 def tile_grid(
@@ -512,25 +536,62 @@ class Restorer:
             return op, rescale_operator(op, size, model)
         return op, op
 
-    def check(self, size: tuple[int, int]) -> None:
-        """Raise now (before anything is written) what restoring a ``size`` image would."""
-        self.operators(size)
+    @property
+    def scale(self) -> int:
+        """How many times larger than the measurement the image is (super-resolution's
+        factor; 1 otherwise)."""
+        return self.task.factor if self.task.kind == "super-resolution" else 1
+
+    def image_size(self, size: tuple[int, int], simulate: bool = False) -> tuple[int, int]:
+        """The restored image's size for an input of ``size``: the input's own, or ``factor``
+        times it for a low-resolution measurement (super-resolution without ``simulate``)."""
+        if self.task.kind in SUBSAMPLED_KINDS and self.mode != "native":
+            raise ValueError(
+                f"a {self.task.kind} network restores whole images: use --mode native (tiles and "
+                "resize would cut or rescale its operator)."
+            )
+        if self.task.kind in ("compressed-sensing", "mri") and not simulate:
+            raise ValueError(
+                f"a {self.task.kind} measurement is not an image file: restore clean images with "
+                "--simulate (they are measured, then reconstructed), or reconstruct your own "
+                "measurements from Python (flowprox.physics.subsampling)."
+            )
+        if self.task.kind == "super-resolution" and simulate:
+            if size[0] % self.scale or size[1] % self.scale:
+                raise ValueError(
+                    f"--simulate shrinks the image by {self.scale}, but {size[1]}x{size[0]} is "
+                    f"not a multiple of {self.scale}; crop it to one."
+                )
+            return size
+        if self.task.kind in ("compressed-sensing", "mri") and (
+            size[0] % self.multiple or size[1] % self.multiple
+        ):
+            raise ValueError(
+                f"a {self.task.kind} image cannot be padded after it is measured, so its sides "
+                f"must be multiples of {self.multiple}; {size[1]}x{size[0]} is not: crop it."
+            )
+        return (self.scale * size[0], self.scale * size[1])
+
+    def check(self, size: tuple[int, int], simulate: bool = False) -> None:
+        """Raise now (before anything is written) what restoring a ``size`` input would."""
+        image_size = self.image_size(size, simulate)
+        self.operators(image_size)
         if self.mode == "native" and self.initial is not None:
-            height = size[0] + (-size[0] % self.multiple)
-            width = size[1] + (-size[1] % self.multiple)
-            self.initial((height, width))
+            measured = (image_size[0] // self.scale, image_size[1] // self.scale)
+            _, pads = native_padding(measured, self.multiple, self.scale)
+            self.initial((image_size[0] + pads[2] + pads[3], image_size[1] + pads[0] + pads[1]))
 
     def restore(
         self, image: Tensor, source: Path, simulate: bool = False, seed: int = 0, index: int = 0
     ) -> Restored:
         """Restore ``image`` ``(C, H, W)`` (a measurement, or a clean image when ``simulate``)."""
-        size = (image.shape[-2], image.shape[-1])
+        size = self.image_size((image.shape[-2], image.shape[-1]), simulate)
         op_input, op_network = self.operators(size)
         y = image[None]
         if simulate:
             y = measure_fixed(op_input, y, self.task.sigma_n, seed, first_index=index)
         if self.mode == "native":
-            x = restore_native(self.network, y, op_network, self.multiple, self.initial)
+            x = restore_native(self.network, y, op_network, self.multiple, self.initial, self.scale)
             scored = x
         elif self.mode == "tiles":
             x = restore_tiles(self.network, y, op_network, self.resolution)
@@ -542,7 +603,11 @@ class Restorer:
                 device = _device(self.network)
                 scored = self.network(small.to(device), op_network.to(device)).cpu()
             x = resize(scored, size)
-        return Restored(source, x[0], y[0] if simulate else None, scored, y)
+        shown = y  # what a person sees of the measurement: A^+ y where y is not an image
+        pseudo_inverse = getattr(op_input, "pseudo_inverse", None)
+        if y.shape != x.shape and callable(pseudo_inverse):
+            shown = pseudo_inverse(y)
+        return Restored(source, x[0], shown[0] if simulate else None, scored, y)
 
     def sample_posterior(
         self, prior: Glow, restored: Restored, settings: SamplerSettings, index: int = 0
@@ -556,20 +621,19 @@ class Restorer:
                 "--samples draws one chain over the whole image, which --mode tiles never sees "
                 "at once; use --mode native (or resize)."
             )
-        size = (restored.y.shape[-2], restored.y.shape[-1])
+        size = (restored.restored.shape[-2], restored.restored.shape[-1])
         op_input, op_network = self.operators(size)
         if self.mode == "native":
-            height, width = size
-            extra_h, extra_w = -height % self.multiple, -width % self.multiple
-            pads = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+            measured = (restored.y.shape[-2], restored.y.shape[-1])
+            pads, image_pads = native_padding(measured, self.multiple, self.scale)
             y, op = _pad(restored.y, pads), _pad_operator(op_input, pads)
-            start = _pad(restored.restored[None], pads)
+            start = _pad(restored.restored[None], image_pads)
         else:
             model = (self.resolution, self.resolution)
             y = resize(restored.y, model) if tuple(size) != model else restored.y
             op, start = op_network, restored.scored
         device = next(prior.parameters()).device
-        grid = (y.shape[-2], y.shape[-1])
+        grid = (start.shape[-2], start.shape[-1])
         with torch.no_grad():
             z0, _ = prior(start.clamp(0, 1).to(device))
         result = langevin_posterior(
@@ -582,7 +646,8 @@ class Restorer:
         samples = result.samples.clamp(0, 1).cpu()
         mean, std = samples.mean(0), samples.std(0)
         if self.mode == "native":
-            crop = (..., slice(pads[2], pads[2] + size[0]), slice(pads[0], pads[0] + size[1]))
+            top, left = image_pads[2], image_pads[0]
+            crop = (..., slice(top, top + size[0]), slice(left, left + size[1]))
             mean, std = mean[crop], std[crop]
         else:
             mean, std = resize(mean, size), resize(std, size).clamp_min(0)

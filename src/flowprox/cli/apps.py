@@ -88,7 +88,7 @@ def command_restore(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for (image, _), path in zip(images, paths, strict=True):
         try:
-            restorer.check((image.shape[-2], image.shape[-1]))
+            restorer.check((image.shape[-2], image.shape[-1]), args.simulate)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error
 
