@@ -29,7 +29,9 @@ def build(name: str) -> InvertibleModule:
         "floored_coupling": lambda: AffineCoupling(CHANNELS, hidden=8, scale_floor=0.1),
         "squeeze": Squeeze,
         "split": lambda: SplitStandardize(CHANNELS),
+        "bounded_split": lambda: SplitStandardize(CHANNELS, log_sd_bound=0.5),
         "top": lambda: TopStandardize(CHANNELS),
+        "bounded_top": lambda: TopStandardize(CHANNELS, log_sd_bound=0.5),
         "flow_step": lambda: FlowStep(CHANNELS, 8, generator=torch.Generator().manual_seed(2)),
     }
     layer = layers[name]()
@@ -48,7 +50,9 @@ LAYERS = [
     "floored_coupling",
     "squeeze",
     "split",
+    "bounded_split",
     "top",
+    "bounded_top",
     "flow_step",
 ]
 
@@ -155,3 +159,34 @@ def test_scale_floor_bounds_the_inverse_amplification() -> None:
 def test_scale_floor_outside_unit_interval_is_an_error() -> None:
     with pytest.raises(ValueError, match="scale_floor"):
         AffineCoupling(CHANNELS, 8, scale_floor=1.0)
+
+
+def test_a_log_sd_bound_keeps_the_split_priors_inverse_finite_far_from_the_data() -> None:
+    """A Glow with its couplings floored, its split priors' convolutions at a generic point and
+    latents at 100x the data's scale: without a bound the split priors' ``exp(log_sd)`` (a
+    linear function of the kept half) overflows; with bound ``b`` each scales by at most
+    ``exp(b)`` and the whole inverse stays finite."""
+    from flowprox.flows import Glow
+
+    z = 100.0 * torch.randn(2, 3 * 16 * 16, generator=torch.Generator().manual_seed(0))
+    outputs = {}
+    for bound in (0.0, 3.0):
+        glow = Glow(3, levels=2, steps_per_level=2, hidden=8, image_size=16, scale_floor=0.1,
+                    log_sd_bound=bound)  # fmt: skip
+        perturb_parameters_(glow, 0.5, seed=4)
+        with torch.no_grad():
+            outputs[bound] = glow.inverse(z)
+            for module in glow.modules():
+                if isinstance(module, SplitStandardize | TopStandardize):
+                    keep = module.keep if isinstance(module, SplitStandardize) else None
+                    if keep is not None:
+                        x_keep = 100.0 * torch.randn(2, keep, 4, 4)
+                        _, log_sd = module._mean_and_log_sd(x_keep)
+                        assert float(log_sd.abs().max()) <= bound or bound == 0.0
+    assert not torch.isfinite(outputs[0.0]).all()
+    assert torch.isfinite(outputs[3.0]).all()
+
+
+def test_a_negative_log_sd_bound_is_an_error() -> None:
+    with pytest.raises(ValueError, match="log_sd_bound must be a finite number >= 0"):
+        SplitStandardize(CHANNELS, log_sd_bound=-1.0)

@@ -21,6 +21,18 @@ def test_differences_list_changed_settings_in_order_and_flatten_the_config() -> 
     assert differences(old, old) == []
 
 
+def test_a_setting_added_since_a_stage_finished_matches_at_its_default_only() -> None:
+    old = {"config": {"train": {"lr": 0.1}}}
+    defaults = {"config": {"train": {"lr": 1e-5, "likelihood_weight": 0.0}}}
+    at_default = {"config": {"train": {"lr": 0.1, "likelihood_weight": 0.0}}}
+    assert differences(old, at_default, "", defaults) == []
+    changed = {"config": {"train": {"lr": 0.1, "likelihood_weight": 0.5}}}
+    assert differences(old, changed, "", defaults) == ["train.likelihood_weight 'missing' -> 0.5"]
+    assert differences(old, at_default) == ["train.likelihood_weight 'missing' -> 0.0"]
+    # a recorded setting is compared as before, whatever the defaults
+    assert differences({"a": 1}, {"a": 2}, "", {"a": 2}) == ["a 1 -> 2"]
+
+
 def test_file_identity_is_the_content_hash(tmp_path: Path) -> None:
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     a.write_bytes(b"weights")

@@ -120,12 +120,15 @@ class GlowConfig:
     seed: int = 0
     #: lower bound of the affine couplings' scales; bounds the inverse's amplification by 1/floor
     scale_floor: float = 0.0
+    #: bound of the split and top priors' log standard deviations (0: none); their inverses then
+    #: scale by at most exp(bound) on any input
+    log_sd_bound: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self, "model", {
             "in_channels": _count(), "levels": _count(1, 16), "steps_per_level": _count(),
             "hidden": _count(), "image_size": _count(), "seed": _count(0, _MAX_SEED),
-            "scale_floor": _number(0.0, 1.0, below=True),
+            "scale_floor": _number(0.0, 1.0, below=True), "log_sd_bound": _number(),
         })  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from flowprox.config import DataConfig
+from flowprox.config import DataConfig, PriorExperiment, UnrolledExperiment
 from flowprox.data.datasets import SPLITS, load_splits
 from flowprox.experiments.evaluation import evaluate_task
 from flowprox.experiments.layout import Reproduction
@@ -94,7 +94,8 @@ class Pipeline(Reproduction):
     def _plan(self) -> list[Stage]:
         stages = [
             Stage("prior", self._pretrain, self._prior_settings,
-                  outputs=lambda: [self.prior_run], every_rank=True)
+                  outputs=lambda: [self.prior_run], every_rank=True,
+                  defaults=lambda: {"config": dataclasses.asdict(PriorExperiment())})
         ]  # fmt: skip
         for task in self.tasks:
             for method in methods_for(task):
@@ -109,6 +110,7 @@ class Pipeline(Reproduction):
                     after,
                     outputs=lambda t=task, m=method: [self.run_dir(t, m.key)],
                     every_rank=True,
+                    defaults=lambda: {"config": dataclasses.asdict(UnrolledExperiment())},
                 ))  # fmt: skip
         for task in self.tasks:
             trained = tuple(f"train-{task}-{m.key}" for m in methods_for(task))

@@ -40,6 +40,8 @@ class Glow(InvertibleModule):
         additive: additive instead of affine couplings.
         scale_floor: lower bound of the affine couplings' scales (``AffineCoupling``); it
             bounds the inverse's amplification, keeping it finite on noisy images.
+        log_sd_bound: bound ``b`` of the split and top priors' log standard deviations
+            (``b tanh(. / b)``; 0: none), so that their inverses scale by at most ``exp(b)``.
         seed: seed of the random initialisation (1x1 convolutions and coupling networks).
     """
 
@@ -53,6 +55,7 @@ class Glow(InvertibleModule):
         additive: bool = False,
         seed: int = 0,
         scale_floor: float = 0.0,
+        log_sd_bound: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -76,6 +79,7 @@ class Glow(InvertibleModule):
         self.image_size = size
         self.additive = additive
         self.scale_floor = scale_floor
+        self.log_sd_bound = log_sd_bound
         # the whole initialisation depends on ``seed`` only, not on the global RNG state
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -94,7 +98,8 @@ class Glow(InvertibleModule):
                 for _ in range(self.steps_per_level)
             ]
             last = level == self.num_levels - 1
-            layers.append(TopStandardize(channels) if last else SplitStandardize(channels))
+            standardize = TopStandardize if last else SplitStandardize
+            layers.append(standardize(channels, log_sd_bound=self.log_sd_bound))
             blocks.append(InvertibleSequential(layers))
             if not last:
                 channels //= 2
@@ -246,4 +251,5 @@ class Glow(InvertibleModule):
             "image_size": list(self.image_size),
             "additive": self.additive,
             "scale_floor": self.scale_floor,
+            "log_sd_bound": self.log_sd_bound,
         }

@@ -6,6 +6,7 @@ Every layer follows ``flows.base``: ``forward(x) -> (y, logdet)`` (data to laten
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -227,6 +228,20 @@ class Squeeze(InvertibleModule):
         return x.reshape(b, c4 // 4, 2 * h, 2 * w)
 
 
+def _check_bound(bound: float) -> float:
+    if not (math.isfinite(bound) and bound >= 0):
+        raise ValueError(f"log_sd_bound must be a finite number >= 0 (0: none), got {bound!r}.")
+    return float(bound)
+
+
+def bounded(log_sd: Tensor, bound: float) -> Tensor:
+    """``bound * tanh(log_sd / bound)``: a log standard deviation kept inside ``(-bound, bound)``
+    (the identity near 0; unchanged when ``bound`` is 0). Each split prior's inverse then scales
+    its latent by at most ``exp(bound)``, whatever the input, instead of ``exp`` of a linear
+    function of it, which overflows on images far from the data."""
+    return bound * torch.tanh(log_sd / bound) if bound > 0 else log_sd
+
+
 class SplitStandardize(InvertibleModule):
     """Glow's learned split prior folded into the bijection.
 
@@ -235,14 +250,15 @@ class SplitStandardize(InvertibleModule):
     when Glow's conditional prior ``N(m, exp(log_sd)^2)`` fits it; ``logdet = -sum(log_sd)``.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, log_sd_bound: float = 0.0) -> None:
         super().__init__()
         self.keep = channels // 2
+        self.log_sd_bound = _check_bound(log_sd_bound)
         self.prior = ZeroConv2d(self.keep, 2 * (channels - self.keep))
 
     def _mean_and_log_sd(self, x_keep: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_sd = self.prior(x_keep).chunk(2, dim=1)
-        return mean, log_sd
+        return mean, bounded(log_sd, self.log_sd_bound)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x_keep, x_out = x[:, : self.keep], x[:, self.keep :]
@@ -262,18 +278,20 @@ class TopStandardize(InvertibleModule):
     ``logdet = -H * W * sum(log_sd)``; both parameters start at zero (the identity).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, log_sd_bound: float = 0.0) -> None:
         super().__init__()
+        self.log_sd_bound = _check_bound(log_sd_bound)
         self.mean = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_sd = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y = (x - self.mean) * torch.exp(-self.log_sd)
-        logdet = -x.shape[2] * x.shape[3] * self.log_sd.sum()
+        log_sd = bounded(self.log_sd, self.log_sd_bound)
+        y = (x - self.mean) * torch.exp(-log_sd)
+        logdet = -x.shape[2] * x.shape[3] * log_sd.sum()
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
-        return y * torch.exp(self.log_sd) + self.mean
+        return y * torch.exp(bounded(self.log_sd, self.log_sd_bound)) + self.mean
 
 
 class FlowStep(InvertibleModule):

@@ -21,6 +21,7 @@ def build_glow(config: GlowConfig) -> Glow:
         additive=config.additive,
         seed=config.seed,
         scale_floor=config.scale_floor,
+        log_sd_bound=config.log_sd_bound,
     )
 
 

@@ -59,18 +59,23 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def differences(old: Any, new: Any, prefix: str = "", defaults: Any = None) -> list[str]:
     """Lines ``KEY OLD -> NEW`` for every leaf that differs between two nested dicts, in the
     order of ``new`` (then keys only ``old`` has). A top-level ``config`` table is flattened
-    (``model.hidden``, not ``config.model.hidden``)."""
+    (``model.hidden``, not ``config.model.hidden``). A key ``old`` lacks whose value in ``new``
+    equals its value in ``defaults`` (same nesting) is no difference: ``old`` was recorded
+    before that setting existed, and a new setting's default keeps the former behaviour."""
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return [] if old == new else [f"{prefix or 'value'} {old!r} -> {new!r}"]
+    defaults = defaults if isinstance(defaults, dict) else {}
     lines = []
     for key in [*new, *(k for k in old if k not in new)]:
         label = "" if not prefix and key == "config" else f"{prefix}{key}"
         a, b = old.get(key, MISSING), new.get(key, MISSING)
         if isinstance(a, dict) and isinstance(b, dict):
-            lines += differences(a, b, f"{label}." if label else "")
+            lines += differences(a, b, f"{label}." if label else "", defaults.get(key))
+        elif a is MISSING and key in defaults and plain(defaults[key]) == b:
+            continue
         elif a != b:
             lines.append(f"{label} {_short(a)} -> {_short(b)}")
     return lines
@@ -95,6 +100,8 @@ class Stage:
         outputs: what ``--redo`` removes before running it again.
         derived: computed from its inputs alone (evaluation, report): rerun when they change.
         every_rank: runs on every ``torchrun`` rank (training); other stages on rank 0 alone.
+        defaults: the settings' defaults, nested as ``settings``: a setting a finished stage
+            did not record (it did not exist yet) matches when it is at its default now.
     """
 
     name: str
@@ -105,6 +112,7 @@ class Stage:
     outputs: Callable[[], list[Path]] = list
     derived: bool = False
     every_rank: bool = False
+    defaults: Callable[[], dict[str, Any]] = dict
 
 
 @dataclass
@@ -197,7 +205,9 @@ class StageRunner:
         if not isinstance(saved, dict):
             return ["finished without a record of its settings (older flowprox)"], True
         now = self.fingerprint(stage)
-        setting_lines = differences(saved.get("settings", {}), now["settings"])
+        setting_lines = differences(
+            saved.get("settings", {}), now["settings"], "", stage.defaults()
+        )
         input_lines = [
             f"input {line}" for line in differences(saved.get("inputs", {}), now["inputs"])
         ]
