@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -17,7 +18,13 @@ from conftest import smooth_uint8_images
 from torch import nn
 
 from flowprox.cli.main import main
-from flowprox.config import GlowConfig, PriorExperiment, load_config, preset_path
+from flowprox.config import (
+    GlowConfig,
+    PriorExperiment,
+    config_from_dict,
+    load_config,
+    preset_path,
+)
 from flowprox.data.datasets import ImageDataset
 from flowprox.models.prior import build_glow, load_prior
 from flowprox.training.distributed import DistributedContext
@@ -306,3 +313,32 @@ def test_learning_rate_schedules() -> None:
     assert all(cosine(s) >= cosine(s + 1) for s in range(4, 30))
     with pytest.raises(ValueError, match="unknown lr_schedule"):
         learning_rate_factor("step", 1, 2)
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_and_loads_at_its_default_only(
+    npz_path: Path, tmp_path: Path
+) -> None:
+    """A checkpoint written before ``model.log_sd_bound`` existed matches the setting's default
+    (which keeps the former behaviour), on resume and on loading the prior, and nothing else."""
+    run = tmp_path / "run"
+    base = ["--config", str(TINY), "--data", str(npz_path), "--out", str(run)]
+
+    def forget_the_setting() -> dict:
+        for name in ("last.pt", "best.pt"):
+            payload = load_checkpoint(run / "checkpoints" / name)
+            del payload["config"]["model"]["log_sd_bound"]
+            save_checkpoint(run / "checkpoints" / name, payload)
+        return payload
+
+    assert run_cli("pretrain", *base, "--set", "train.max_steps=5").returncode == 0
+    forget_the_setting()
+    resumed = run_cli("pretrain", *base, "--resume", "--set", "train.max_steps=8")
+    assert resumed.returncode == 0, resumed.stderr
+    payload = forget_the_setting()
+    expected = config_from_dict(GlowConfig, payload["config"]["model"])
+    load_prior(run / "checkpoints" / "best.pt", expected)
+    with pytest.raises(ValueError, match="log_sd_bound: checkpoint '<absent>' vs requested 2.0"):
+        load_prior(run / "checkpoints" / "best.pt", dataclasses.replace(expected, log_sd_bound=2.0))
+    refused = run_cli("pretrain", *base, "--resume", "--set", "model.log_sd_bound=2.0")
+    assert refused.returncode == 2
+    assert "model.log_sd_bound: checkpoint '<absent>' vs requested 2.0" in refused.stderr

@@ -34,7 +34,13 @@ def load_prior(path: str | Path, expected: GlowConfig | None = None) -> tuple[Gl
     payload = load_checkpoint(path, kind="prior")
     model_config = config_from_dict(GlowConfig, payload["config"]["model"])
     if expected is not None:
-        check_same_config(payload["config"]["model"], config_to_dict(expected), "model", path)
+        check_same_config(
+            payload["config"]["model"],
+            config_to_dict(expected),
+            "model",
+            path,
+            defaults=config_to_dict(GlowConfig()),
+        )
     glow = build_glow(model_config)
     glow.load_state_dict(payload["model"])
     glow.eval()

@@ -176,7 +176,7 @@ def _make_prior_trainer(
         metric_fields=("val_bpd",),
     )
     if resume:
-        trainer.resume(RESUMABLE_KEYS)
+        trainer.resume(RESUMABLE_KEYS, defaults=config_to_dict(PriorExperiment()))
     return trainer
 
 

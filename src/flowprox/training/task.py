@@ -220,7 +220,7 @@ def _make_unrolled_trainer(
         metric_fields=("val_loss", "val_psnr", "mu_1", "rho_1", "lambda_1"),
     )
     if resume:
-        trainer.resume(RESUMABLE_KEYS)
+        trainer.resume(RESUMABLE_KEYS, defaults=config_to_dict(UnrolledExperiment()))
     return trainer
 
 

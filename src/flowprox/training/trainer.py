@@ -257,12 +257,19 @@ class Trainer:
             "rng": capture_rng_state(),
         }
 
-    def resume(self, resumable_keys: tuple[str, ...] = ()) -> None:
-        """Load ``last.pt`` of the run directory, checking it belongs to the same experiment."""
+    def resume(
+        self, resumable_keys: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+    ) -> None:
+        """Load ``last.pt`` of the run directory, checking it belongs to the same experiment
+        (a setting the checkpoint predates matches at its value in ``defaults``)."""
         payload = load_checkpoint(self.run_dir.last_checkpoint, kind=self.kind)
         saved = _without(payload["config"], resumable_keys)
         check_same_config(
-            saved, _without(self.config, resumable_keys), "experiment", self.run_dir.last_checkpoint
+            saved,
+            _without(self.config, resumable_keys),
+            "experiment",
+            self.run_dir.last_checkpoint,
+            defaults=defaults,
         )
         unwrap_model(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])

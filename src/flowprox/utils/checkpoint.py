@@ -107,25 +107,37 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def config_differences(
-    saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
+    saved: dict[str, Any], current: dict[str, Any], prefix: str = "", defaults: Any = None
 ) -> list[str]:
-    """Lines ``key: saved -> current`` for every value that differs between two nested dicts."""
+    """Lines ``key: saved -> current`` for every value that differs between two nested dicts.
+
+    A key the checkpoint lacks whose requested value equals its value in ``defaults`` (same
+    nesting) is no difference: the checkpoint was written before that setting existed, and a
+    new setting's default keeps the former behaviour."""
+    defaults = defaults if isinstance(defaults, dict) else {}
     lines = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         label = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
-            lines += config_differences(a, b, prefix=f"{label}.")
+            lines += config_differences(a, b, f"{label}.", defaults.get(key))
+        elif key not in saved and key in defaults and defaults[key] == b:
+            continue
         elif a != b:
             lines.append(f"{label}: checkpoint {a!r} vs requested {b!r}")
     return lines
 
 
 def check_same_config(
-    saved: dict[str, Any], current: dict[str, Any], what: str, source: str | Path
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    what: str,
+    source: str | Path,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Raise a ValueError naming both configurations if ``saved`` and ``current`` differ."""
-    differences = config_differences(saved, current)
+    """Raise a ValueError naming both configurations if ``saved`` and ``current`` differ
+    (a setting absent from ``saved`` matches at its value in ``defaults``)."""
+    differences = config_differences(saved, current, defaults=defaults)
     if differences:
         raise ValueError(
             f"{source} was made for a different {what} configuration:\n  "
