@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import smooth_uint8_images
-from torch import nn
+from torch import Tensor, nn
 
 from flowprox.cli.main import main
 from flowprox.config import (
@@ -342,3 +342,34 @@ def test_a_checkpoint_older_than_a_setting_resumes_and_loads_at_its_default_only
     refused = run_cli("pretrain", *base, "--resume", "--set", "model.log_sd_bound=2.0")
     assert refused.returncode == 2
     assert "model.log_sd_bound: checkpoint '<absent>' vs requested 2.0" in refused.stderr
+
+
+def _augmentation(noise_sigma_max: float, noise_fraction: float) -> Tensor | None:
+    from flowprox.training.pretrain import MaximumLikelihood
+
+    config = dataclasses.replace(
+        PriorExperiment(),
+        train=dataclasses.replace(
+            PriorExperiment().train,
+            batch_size=64,
+            noise_sigma_max=noise_sigma_max,
+            noise_fraction=noise_fraction,
+        ),
+    )
+    task = MaximumLikelihood(config, None, torch.Size((3, 8, 8)), DistributedContext())
+    return task._step_noise(step=7, device=torch.device("cpu"))[1]
+
+
+def test_noise_augmentation_reaches_the_stated_share_of_images_with_the_same_noise() -> None:
+    """``noise_fraction = p`` leaves about ``1 - p`` of the images clean and gives the others
+    exactly the noise ``p = 1`` gives them (the default keeps the former draws); off is None."""
+    assert _augmentation(0.0, 1.0) is None
+    every = _augmentation(0.3, 1.0)
+    assert every is not None and bool((every.flatten(1).abs().amax(dim=1) > 0).all())
+    share = _augmentation(0.3, 0.25)
+    noisy = share.flatten(1).abs().amax(dim=1) > 0
+    assert 4 <= int(noisy.sum()) <= 32, int(noisy.sum())
+    assert torch.equal(share[noisy], every[noisy])
+    assert bool((share[~noisy] == 0).all())
+    with pytest.raises(ValueError, match="noise_fraction"):
+        _augmentation(0.3, 1.5)

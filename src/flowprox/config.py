@@ -183,6 +183,10 @@ class PretrainConfig:
     # image plus Gaussian noise of a level drawn uniformly from [0, noise_sigma_max] per image,
     # a smoothed density whose support holds the noisy images the GLOW prox is fed.
     noise_sigma_max: float = 0.0
+    # The share of each batch's images that get that noise (the rest stay clean): the flow then
+    # learns the mixture (1 - p) p_clean + p p_noisy, whose clean bits/dim exceed the best clean
+    # model's by at most -log2(1 - p) / dims (1.0: every image, as before this setting).
+    noise_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         _validate(self, "train", {
@@ -193,6 +197,7 @@ class PretrainConfig:
             "init_batch_size": _count(), "eval_every": _count(), "checkpoint_every": _count(),
             "log_every": _count(), "max_bad_steps": _count(), "max_restores": _count(0),
             "eval_batch_size": _count(), "val_images": _count(0), "device": _device(),
+            "noise_fraction": _number(0, 1),
         })  # fmt: skip
 
 

@@ -217,7 +217,8 @@ class MaximumLikelihood:
     def _step_noise(self, step: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
         """This rank's rows of the step's noise for the whole global batch (rank-independent):
         the dequantisation noise ``u ~ U(0, 1)``, and the augmentation ``sigma * eps`` with
-        ``sigma ~ U(0, noise_sigma_max)`` per image, ``eps ~ N(0, I)`` (None when off)."""
+        ``sigma ~ U(0, noise_sigma_max)`` per image, ``eps ~ N(0, I)``, on a ``noise_fraction``
+        share of the images drawn per image (None when off)."""
         rank, world_size = self.context.rank, self.context.world_size
         shape = (self.config.train.batch_size, *self.image_shape)
         generator = step_generator(self.config.seed, step)
@@ -227,6 +228,9 @@ class MaximumLikelihood:
             return uniform, None
         sigma = sigma_max * torch.rand((shape[0], 1, 1, 1), generator=generator)
         gaussian = sigma * torch.randn(shape, generator=generator)
+        fraction = self.config.train.noise_fraction
+        if fraction < 1:
+            gaussian = gaussian * (torch.rand(sigma.shape, generator=generator) < fraction)
         return uniform, gaussian[rank::world_size].to(device)
 
     def evaluate(self, glow: nn.Module) -> dict[str, float]:
