@@ -96,3 +96,21 @@ def test_a_cell_shows_how_many_outputs_were_not_finite() -> None:
     method = {"psnr_mean": 20.0, "psnr_std": 1.0, "images": 16, "failed_images": 3}
     assert _cell(method) == "20.00 ± 1.00 [3/16 non-finite, scored grey]"
     assert _cell({**method, "failed_images": 0}, 28.2) == "20.00 ± 1.00 (28.20)"
+
+
+def test_a_resumed_training_stage_counts_its_runs_own_clock(tmp_path: Path) -> None:
+    """The report's total time: a stage mark holds only the seconds of the call that finished
+    it; a training stage resumed after a stop counts its run's clock (``summary.json``)."""
+    from flowprox.experiments.layout import Reproduction
+    from flowprox.experiments.report import _stage_seconds
+
+    reproduction = Reproduction("tiny", str(tmp_path / "data"), tmp_path / "run")
+    marks = tmp_path / "run" / "stages"
+    marks.mkdir(parents=True)
+    for name in ("train-deblur-small-support-glow", "evaluate-deblur"):
+        (marks / f"{name}.json").write_text(json.dumps({"seconds": 10.0}))
+    run = reproduction.run_dir("deblur-small-support", "glow")
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"elapsed_s": 100.0}))
+    assert _stage_seconds(reproduction, marks / "train-deblur-small-support-glow.json") == 100.0
+    assert _stage_seconds(reproduction, marks / "evaluate-deblur.json") == 10.0

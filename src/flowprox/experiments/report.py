@@ -14,6 +14,7 @@ from flowprox.experiments.layout import Reproduction
 from flowprox.experiments.plan import (
     ALL_ANIME,
     ALL_ANIME_METHODS,
+    ALL_TASKS,
     BEYOND_TASKS,
     METHODS,
     machine_description,
@@ -228,11 +229,35 @@ def _command(settings: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _marks(reproduction: Reproduction) -> list[Path]:
+    return sorted((reproduction.out / "stages").glob("*.json"))
+
+
+def _stage_seconds(reproduction: Reproduction, mark: Path) -> float:
+    """A stage's time: its mark's seconds (the call that finished it), or for a training stage
+    resumed after a stop, its run's own clock over every call (``summary.json``) when longer."""
+    seconds = float(json.loads(mark.read_text()).get("seconds", 0))
+    name = mark.stem
+    if name == "prior":
+        run = reproduction.prior_run
+    elif name.startswith("train-"):
+        task = next((t for t in sorted(ALL_TASKS, key=len, reverse=True)
+                     if name.startswith(f"train-{t}-")), None)  # fmt: skip
+        if task is None:
+            return seconds
+        run = reproduction.run_dir(task, name.removeprefix(f"train-{task}-"))
+    else:
+        return seconds
+    summary = run / "summary.json"
+    if summary.is_file():
+        seconds = max(seconds, float(json.loads(summary.read_text()).get("elapsed_s", 0)))
+    return seconds
+
+
 def _header(reproduction: Reproduction) -> list[str]:
     """Title, machine, total stage time, the settings the stages were made with (read from
     their marks, not from the command that writes the report) and how to read the tables."""
-    marks = reproduction.out / "stages"
-    seconds = sum(json.loads(p.read_text()).get("seconds", 0) for p in sorted(marks.glob("*.json")))
+    seconds = sum(_stage_seconds(reproduction, path) for path in _marks(reproduction))
     commands = {name: _command(settings) for name, settings in made_with(reproduction).items()}
     presets = {name: settings.get("preset") for name, settings in made_with(reproduction).items()}
     distinct = list(dict.fromkeys(commands.values()))
@@ -251,7 +276,8 @@ def _header(reproduction: Reproduction) -> list[str]:
     return [
         f"# Reproduction of Wei et al. 2022 — preset {preset}",
         "",
-        f"Machine: {machine_description()}. Stage time in all: {seconds / 60:.1f} min.",
+        f"Machine: {machine_description()}. Stage time in all: {seconds / 60:.1f} min (a "
+        "training stage resumed after a stop counts its run's own clock over every call).",
         command,
         "Mean PSNR ± standard deviation over the test images (dB, peak 1, outputs clamped to "
         "[0, 1]); the paper's number in parentheses. SSIM, per-image values, timings and "
