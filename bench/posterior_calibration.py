@@ -51,6 +51,8 @@ def _target(report: dict) -> float:
 
 def _miss(report: dict) -> float:
     """How far the 90% coverage is from 90% (inf for a chain that diverged)."""
+    if report.get("non_finite_proposals", 0.0) > 0.01:
+        return math.inf  # the step is too large for this flow: its inverse overflowed
     miss = abs(_target(report) - 0.9)
     return (
         miss if math.isfinite(miss) and math.isfinite(report["psnr_posterior_mean"]) else math.inf
@@ -68,7 +70,8 @@ def _row(task: str, step: float, val: dict, test: dict) -> str:
     return (
         f"| {test['task']} | {step:g} | {_target(val):.3f} | {test['psnr_network']:.2f} | "
         f"{test['psnr_posterior_mean']:.2f} | {cov} | {test['error_std_correlation']:.3f} | "
-        f"{test['ess_median']:.0f} / {test['samples']} | {test['acceptance']:.2f} |"
+        f"{test['ess_median']:.0f} / {test['samples']} | {test['acceptance']:.2f} | "
+        f"{test.get('non_finite_proposals', 0.0):.3f} |"
     )
 
 
@@ -93,8 +96,9 @@ def main() -> int:
         "inside the per-pixel central interval (hole / observed for inpainting).",
         "",
         "| task | step size | val 90% coverage | PSNR network | PSNR posterior mean | "
-        "50% coverage | 90% coverage | corr(error, std) | ESS (median) | acceptance |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "50% coverage | 90% coverage | corr(error, std) | ESS (median) | acceptance | "
+        "non-finite proposals |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     figures = []
     for task in args.tasks.split(","):

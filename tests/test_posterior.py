@@ -8,6 +8,8 @@ posterior of ``z`` given ``y = A x + n`` is Gaussian with precision
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -129,3 +131,24 @@ def test_error_std_correlation_sees_where_the_errors_are() -> None:
     mean = x + std * torch.randn(x.shape, generator=generator, dtype=torch.float64)
     assert error_std_correlation(mean, std, x) > 0.3
     assert abs(error_std_correlation(mean, torch.rand(x.shape, generator=generator), x)) < 0.2
+
+
+@pytest.mark.parametrize("metropolis", [False, True])
+def test_a_proposal_whose_image_overflows_is_rejected_and_counted(metropolis: bool) -> None:
+    """A decoder that overflows off the data (as a flow's inverse can) stops neither sampler:
+    those proposals are rejected, counted, and every kept sample is finite."""
+    decode, y, op, _, _ = _problem(chains=20)
+
+    def overflowing(z: torch.Tensor) -> torch.Tensor:
+        x = decode(z)
+        far = z.abs().amax(dim=1) > 1.0
+        return torch.where(far.view(-1, 1, 1, 1), torch.full_like(x, math.inf), x)
+
+    z0 = torch.zeros(20, 12, dtype=torch.float64)
+    result = langevin_posterior(
+        overflowing, y, op, SIGMA, z0, steps=200, step_size=0.05, burn_in=20,
+        metropolis=metropolis, generator=torch.Generator().manual_seed(4),
+    )  # fmt: skip
+    assert 0.0 < result.non_finite < 1.0
+    assert result.acceptance <= 1.0 - result.non_finite + 1e-12
+    assert bool(torch.isfinite(result.samples).all())

@@ -92,6 +92,7 @@ def sample_posterior(
         "sigma_n_used": sigma,
         "step_size": result.step_size,
         "acceptance": result.acceptance,
+        "non_finite_proposals": result.non_finite,
         "ess_median": float(result.ess.median()),
         "ess_min": float(result.ess.min()),
         "psnr_network": float(psnr(x_hat, x).mean()),

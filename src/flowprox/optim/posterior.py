@@ -32,8 +32,9 @@ Decoder = Callable[[Tensor], Tensor]
 @dataclass
 class PosteriorSamples:
     """Kept samples ``(S, B, ...)`` (images), their mean and standard deviation ``(B, ...)``,
-    the step size, the acceptance rate (MALA; 1 for ULA) and the effective sample size of
-    every pixel's chain ``(B, ...)``."""
+    the step size, the acceptance rate (MALA; for ULA 1 less the non-finite share), the
+    effective sample size of every pixel's chain ``(B, ...)`` and the share of proposals whose
+    image was not finite (rejected, the chain stays put: a sign the step size is too large)."""
 
     samples: Tensor
     mean: Tensor
@@ -41,16 +42,26 @@ class PosteriorSamples:
     step_size: float
     acceptance: float
     ess: Tensor
+    non_finite: float = 0.0
 
 
 def log_posterior(z: Tensor, decode: Decoder, y: Tensor, op: LinearOperator, sigma_n: float):
-    """``log p(z | y)`` up to a constant, per chain ``(B,)``, and its gradient in ``z``."""
+    """``log p(z | y)`` up to a constant, per chain ``(B,)``, and its gradient in ``z``.
+
+    A chain whose image ``g(z)`` is not finite (the flow's inverse overflowed) gets
+    ``-inf`` and a zero gradient, so that the samplers reject the move instead of failing."""
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
-        residual = (op.A(decode(z)) - y).flatten(1).pow(2).sum(1)
+        x = decode(z)
+        finite = torch.isfinite(x).flatten(1).all(1)
+        shape = (-1, *([1] * (x.dim() - 1)))
+        x = torch.where(finite.view(shape), x, torch.zeros_like(x))
+        residual = (op.A(x) - y).flatten(1).pow(2).sum(1)
         value = -residual / (2 * sigma_n**2) - 0.5 * z.flatten(1).pow(2).sum(1)
-        (gradient,) = torch.autograd.grad(value.sum(), z)
-    return value.detach(), gradient
+        (gradient,) = torch.autograd.grad(value[finite].sum(), z)
+    value = torch.where(finite, value.detach(), torch.full_like(value, -math.inf))
+    gradient = torch.where(finite.view((-1, *([1] * (z.dim() - 1)))), gradient, 0.0)
+    return value, gradient
 
 
 def _log_proposal(to: Tensor, start: Tensor, gradient: Tensor, step: float) -> Tensor:
@@ -98,7 +109,7 @@ def langevin_posterior(
         )
     z = z0.detach().clone()
     value, gradient = log_posterior(z, decode, y, op, sigma_n)
-    kept, accepted, proposed = [], 0.0, 0
+    kept, accepted, proposed, non_finite = [], 0.0, 0, 0.0
     for step in range(burn_in + steps):
         noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         proposal = z + step_size * gradient + math.sqrt(2 * step_size) * noise
@@ -113,13 +124,14 @@ def langevin_posterior(
             uniform = torch.rand(log_ratio.shape, generator=generator, dtype=z.dtype)
             accept = (uniform.to(z.device).log() < log_ratio) & torch.isfinite(new_value)
         else:
-            accept = torch.ones_like(value, dtype=torch.bool)
+            accept = torch.isfinite(new_value)
         shape = (-1, *([1] * (z.dim() - 1)))
         z = torch.where(accept.view(shape), proposal, z)
         value = torch.where(accept, new_value, value)
         gradient = torch.where(accept.view(shape), new_gradient, gradient)
         if step >= burn_in:
             accepted += float(accept.float().mean())
+            non_finite += float((~torch.isfinite(new_value)).float().mean())
             proposed += 1
             if (step - burn_in) % thin == 0:
                 with torch.no_grad():
@@ -132,6 +144,7 @@ def langevin_posterior(
         step_size=step_size,
         acceptance=accepted / max(proposed, 1),
         ess=effective_sample_size(samples),
+        non_finite=non_finite / max(proposed, 1),
     )
 
 
