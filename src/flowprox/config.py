@@ -184,8 +184,8 @@ class PretrainConfig:
     # a smoothed density whose support holds the noisy images the GLOW prox is fed.
     noise_sigma_max: float = 0.0
     # The share of each batch's images that get that noise (the rest stay clean): the flow then
-    # learns the mixture (1 - p) p_clean + p p_noisy, whose clean bits/dim exceed the best clean
-    # model's by at most -log2(1 - p) / dims (1.0: every image, as before this setting).
+    # learns the mixture (1 - p) p_clean + p p_noisy, which on a clean image loses at most
+    # log2(1 / (1 - p)) bits against its clean component (1.0: every image, as before).
     noise_fraction: float = 1.0
 
     def __post_init__(self) -> None:
