@@ -48,8 +48,9 @@ class PosteriorSamples:
 def log_posterior(z: Tensor, decode: Decoder, y: Tensor, op: LinearOperator, sigma_n: float):
     """``log p(z | y)`` up to a constant, per chain ``(B,)``, and its gradient in ``z``.
 
-    A chain whose image ``g(z)`` is not finite (the flow's inverse overflowed) gets
-    ``-inf`` and a zero gradient, so that the samplers reject the move instead of failing."""
+    A chain whose image ``g(z)``, value or gradient is not finite (the flow's inverse
+    overflowed) gets ``-inf`` and a zero gradient, so that the samplers reject the move instead
+    of failing."""
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         x = decode(z)
@@ -59,6 +60,7 @@ def log_posterior(z: Tensor, decode: Decoder, y: Tensor, op: LinearOperator, sig
         residual = (op.A(x) - y).flatten(1).pow(2).sum(1)
         value = -residual / (2 * sigma_n**2) - 0.5 * z.flatten(1).pow(2).sum(1)
         (gradient,) = torch.autograd.grad(value[finite].sum(), z)
+    finite = finite & torch.isfinite(value) & torch.isfinite(gradient).flatten(1).all(1)
     value = torch.where(finite, value.detach(), torch.full_like(value, -math.inf))
     gradient = torch.where(finite.view((-1, *([1] * (z.dim() - 1)))), gradient, 0.0)
     return value, gradient
