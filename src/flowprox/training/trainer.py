@@ -234,6 +234,7 @@ class Trainer:
         self.curve: list[tuple[int, float]] = []  # (step, flat_metric) of every evaluation
         self.elapsed_seconds = 0.0
         self.bad_steps_in_a_row = 0
+        self.last_grad_norm = 0.0  # the last step's gradient norm before clipping
         self.bad_steps_total = 0
         self.restores = 0
         self._last_good: dict[str, Any] | None = None
@@ -329,7 +330,7 @@ class Trainer:
             progress.update(1)
             if loss is None:  # skipped: no update, no log, no evaluation
                 continue
-            running.add(float(loss.detach()))
+            running.add(float(loss.detach()), self.last_grad_norm)
             self.elapsed_seconds = time.monotonic() - started
             self._log_train_loss(running, progress)
             stop = self._evaluate_or_checkpoint(evaluate)
@@ -349,7 +350,14 @@ class Trainer:
 
     def _start_metrics(self) -> None:
         """Open ``metrics.csv`` (on resume, keep the rows up to the checkpoint's step)."""
-        fields = ("train_loss", *self.metric_fields, "lr", "elapsed_s", "replica_divergence")
+        fields = (
+            "train_loss",
+            *self.metric_fields,
+            "lr",
+            "elapsed_s",
+            "replica_divergence",
+            "grad_norm",
+        )
         self.run_dir.start_metrics(fields, resume_step=self.step if self.step > 0 else None)
 
     def _progress_bar(self) -> tqdm:
@@ -392,6 +400,7 @@ class Trainer:
             self.model.parameters(), grad_clip if grad_clip > 0 else math.inf
         )
         finite = torch.isfinite(loss) and torch.isfinite(grad_norm)
+        self.last_grad_norm = float(grad_norm)
         return loss if finite else None
 
     def _skip_bad_step(self) -> None:
@@ -413,7 +422,8 @@ class Trainer:
         if self.step % self.settings.log_every == 0 and running.count:
             mean_loss = running.mean()
             progress.set_postfix(loss=f"{mean_loss:.4f}")
-            self.run_dir.log(self.step, self._row(train_loss=mean_loss))
+            row = self._row(train_loss=mean_loss, grad_norm=running.largest_grad_norm)
+            self.run_dir.log(self.step, row)
             running.reset()
 
     def _evaluate_or_checkpoint(self, evaluate: EvaluateFn) -> str | None:
@@ -511,21 +521,24 @@ class Trainer:
 
 
 class _RunningMean:
-    """The mean of the training losses since the last log."""
+    """The mean of the training losses since the last log, and the largest gradient norm
+    (before clipping) among their steps."""
 
     def __init__(self) -> None:
         self.total = 0.0
         self.count = 0
+        self.largest_grad_norm = 0.0
 
-    def add(self, value: float) -> None:
+    def add(self, value: float, grad_norm: float = 0.0) -> None:
         self.total += value
         self.count += 1
+        self.largest_grad_norm = max(self.largest_grad_norm, grad_norm)
 
     def mean(self) -> float:
         return self.total / self.count
 
     def reset(self) -> None:
-        self.total, self.count = 0.0, 0
+        self.total, self.count, self.largest_grad_norm = 0.0, 0, 0.0
 
 
 def _without(config: dict[str, Any], dotted_keys: tuple[str, ...]) -> dict[str, Any]:
