@@ -1,14 +1,17 @@
 """Calibration of the flow posterior's uncertainty on CelebA (``flowprox sample-posterior``).
 
 For each task, the trained GLOW prox of a reproduction (``RUN/train/TASK/glow``) gives ``x^``;
-Langevin dynamics in the prior's latent space, started at ``f(x^)``, samples ``p(x | y)``. The
-step size is chosen on the val split (the one whose central 90% per-pixel intervals cover the
-true pixels closest to 90%: inside the hole for inpainting, everywhere otherwise); the test
-split is then sampled once with it. The table gives, on test: the PSNR of the network and of
-the posterior mean, the coverage of the 50% and 90% intervals (inside and outside the hole for
-inpainting), the correlation between per-pixel error and standard deviation, the median ESS and
-the acceptance rate. The figure stacks each task's ``uncertainty.png`` (truth, measurement,
-network, posterior mean, standard deviation, ``|mean - x|``).
+Langevin dynamics or Hamiltonian Monte Carlo (``--leapfrog-steps``, with ``--precondition`` a
+diagonal curvature mass matrix) in the prior's latent space (the run's prior, or ``--prior``),
+started at ``f(x^)``, samples ``p(x | y)``. The step size (and the number of leapfrog steps)
+is chosen on ``--val-images`` images of the val split (the setting whose central 90%
+per-pixel intervals cover the true pixels closest to 90%: inside the hole for inpainting,
+everywhere otherwise); the test split is then sampled once with it. The table gives, on
+test: the PSNR of the network and of the posterior mean, the coverage of the 50% and 90%
+intervals (inside and outside the hole for inpainting), the correlation between per-pixel
+error and standard deviation, the median ESS and the acceptance rate. The figure stacks each
+task's ``uncertainty.png`` (truth, measurement, network, posterior mean, standard deviation,
+``|mean - x|``).
 
 Runs already in ``--out`` (a ``report.json``) are read, not sampled again.
 
@@ -16,7 +19,8 @@ Usage::
 
     python bench/posterior_calibration.py --run runs/repro-small --data ../shared/data
         --out runs/posterior [--tasks inpaint,deblur] [--step-sizes 1e-5,3e-5,1e-4,3e-4,1e-3,3e-3]
-        [--images 16] [--samples 100] [--markdown OUT.md] [--figure OUT.png]
+        [--leapfrog-steps 40,120 --precondition] [--prior PRIOR.pt] [--images 16]
+        [--val-images 16] [--samples 100] [--burn-in 100] [--markdown OUT.md] [--figure OUT.png]
 """
 
 from __future__ import annotations
@@ -32,16 +36,28 @@ from PIL import Image
 
 from flowprox.apps.posterior import SamplerSettings, sample_posterior
 
+Setting = tuple[float, int]  # (step size, leapfrog steps; 0: Langevin)
 
-def _sample(args: argparse.Namespace, task: str, split: str, step: float) -> dict:
-    out = args.out / task / f"{split}-h{step:g}"
+
+def _sample(args: argparse.Namespace, task: str, split: str, setting: Setting) -> dict:
+    step, leapfrog = setting
+    out = args.out / task / f"{split}-{_name(setting)}"
     if (out / "report.json").is_file():
         return json.loads((out / "report.json").read_text())
-    settings = SamplerSettings(samples=args.samples, step_size=step, metropolis=args.metropolis)
+    settings = SamplerSettings(
+        samples=args.samples, burn_in=args.burn_in, step_size=step,
+        metropolis=args.metropolis, leapfrog_steps=leapfrog, precondition=args.precondition,
+    )  # fmt: skip
     model = args.run / "train" / task / "glow" / "checkpoints" / "best.pt"
-    report = sample_posterior(model, args.data, out, args.images, settings, split=split)
-    print(f"{task} {split} h={step:g}: coverage_90 {_target(report):.3f}", flush=True)
+    images = args.images if split == "test" else args.val_images or args.images
+    report = sample_posterior(model, args.data, out, images, settings, args.prior, split)
+    print(f"{task} {split} {_name(setting)}: coverage_90 {_target(report):.3f}", flush=True)
     return report
+
+
+def _name(setting: Setting) -> str:
+    step, leapfrog = setting
+    return f"h{step:g}" + (f"-L{leapfrog}" if leapfrog else "")
 
 
 def _target(report: dict) -> float:
@@ -59,7 +75,7 @@ def _miss(report: dict) -> float:
     )
 
 
-def _row(task: str, step: float, val: dict, test: dict) -> str:
+def _row(task: str, setting: Setting, val: dict, test: dict) -> str:
     hole = "coverage_90_hole" in test
     cov = (
         f"{test['coverage_50_hole']:.3f} / {test['coverage_50_observed']:.3f} | "
@@ -68,7 +84,8 @@ def _row(task: str, step: float, val: dict, test: dict) -> str:
         else f"{test['coverage_50']:.3f} | {test['coverage_90']:.3f}"
     )
     return (
-        f"| {test['task']} | {step:g} | {_target(val):.3f} | {test['psnr_network']:.2f} | "
+        f"| {test['task']} | {test.get('sampler', _name(setting))} | {_target(val):.3f} | "
+        f"{test['psnr_network']:.2f} | "
         f"{test['psnr_posterior_mean']:.2f} | {cov} | {test['error_std_correlation']:.3f} | "
         f"{test['ess_median']:.0f} / {test['samples']} | {test['acceptance']:.2f} | "
         f"{test.get('non_finite_proposals', 0.0):.3f} |"
@@ -82,31 +99,42 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tasks", default="inpaint,deblur")
     parser.add_argument("--step-sizes", default="1e-5,3e-5,1e-4,3e-4,1e-3,3e-3")
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--leapfrog-steps", default="0", help="0: Langevin; L > 0: HMC")
+    parser.add_argument("--precondition", action="store_true")
+    parser.add_argument("--prior", type=Path, help="the sampler's prior (default: the run's)")
+    parser.add_argument("--images", type=int, default=16, help="test images")
+    parser.add_argument("--val-images", type=int, default=0, help="val images (0: --images)")
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--burn-in", type=int, default=100)
     parser.add_argument("--metropolis", action="store_true")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--figure", type=Path)
     args = parser.parse_args()
-    steps = [float(s) for s in args.step_sizes.split(",")]
+    settings = [
+        (float(step), int(leapfrog))
+        for step in args.step_sizes.split(",")
+        for leapfrog in args.leapfrog_steps.split(",")
+    ]
     lines = [
-        f"Test split, {args.images} images, {args.samples} samples each "
-        f"({'MALA' if args.metropolis else 'unadjusted Langevin'}); step size chosen on val "
-        "by the 90% coverage (in the hole for inpainting). Coverage: share of true pixels "
-        "inside the per-pixel central interval (hole / observed for inpainting).",
+        f"Test split, {args.images} images, {args.samples} samples each after "
+        f"{args.burn_in} dropped; the sampler chosen on {args.val_images or args.images} val "
+        "images by the 90% coverage (in the hole for inpainting) among "
+        + ", ".join(_name(s) for s in settings)
+        + ". Coverage: share of true pixels inside the per-pixel central interval (hole / "
+        "observed for inpainting).",
         "",
-        "| task | step size | val 90% coverage | PSNR network | PSNR posterior mean | "
+        "| task | sampler | val 90% coverage | PSNR network | PSNR posterior mean | "
         "50% coverage | 90% coverage | corr(error, std) | ESS (median) | acceptance | "
         "non-finite proposals |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     figures = []
     for task in args.tasks.split(","):
-        val = {step: _sample(args, task, "val", step) for step in steps}
-        best = min(steps, key=lambda step: _miss(val[step]))
+        val = {setting: _sample(args, task, "val", setting) for setting in settings}
+        best = min(settings, key=lambda setting: _miss(val[setting]))
         test = _sample(args, task, "test", best)
         lines.append(_row(task, best, val[best], test))
-        figures.append(args.out / task / f"test-h{best:g}" / "uncertainty.png")
+        figures.append(args.out / task / f"test-{_name(best)}" / "uncertainty.png")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from flowprox.metrics.calibration import error_std_correlation, interval_coverage
-from flowprox.optim.posterior import effective_sample_size, langevin_posterior
+from flowprox.optim.posterior import (
+    diagonal_curvature,
+    effective_sample_size,
+    hamiltonian_posterior,
+    langevin_posterior,
+)
 from flowprox.physics.subsampling import DenseGaussian
 
 IMAGE = (3, 2, 2)
@@ -64,6 +69,49 @@ def test_mala_matches_the_closed_form_posterior_within_three_standard_errors() -
     )  # fmt: skip
     mean, variance, mean_error, variance_error = _pooled(result)
     assert 0.4 < result.acceptance < 0.99
+    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
+    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
+        variance - variance_x
+    ) / variance_error
+
+
+def test_hmc_matches_the_closed_form_posterior_within_three_standard_errors() -> None:
+    decode, y, op, mean_x, variance_x = _problem(chains=100)
+    z0 = torch.zeros(100, 12, dtype=torch.float64)
+    result = hamiltonian_posterior(
+        decode, y, op, SIGMA, z0, samples=300, step_size=0.1, leapfrog_steps=8, burn_in=30,
+        generator=torch.Generator().manual_seed(5),
+    )  # fmt: skip
+    mean, variance, mean_error, variance_error = _pooled(result)
+    assert 0.6 < result.acceptance < 1.0 and result.non_finite == 0.0
+    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
+    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
+        variance - variance_x
+    ) / variance_error
+
+
+def test_the_diagonal_curvature_is_that_of_the_gauss_newton_matrix() -> None:
+    decode, y, op, _, _ = _problem(chains=1)
+    z = torch.zeros(1, 12, dtype=torch.float64)
+    estimate = diagonal_curvature(z, decode, op, SIGMA, probes=4000,
+                                  generator=torch.Generator().manual_seed(6))  # fmt: skip
+    lower = decode(torch.eye(12, dtype=torch.float64)).flatten(1).T - decode(z).flatten(1).T
+    matrix = op.matrix.double() @ lower  # A J
+    exact = 1 + torch.diagonal(matrix.T @ matrix) / SIGMA**2
+    torch.testing.assert_close(estimate[0], exact, rtol=0.1, atol=0.0)
+
+
+def test_hmc_with_the_curvature_as_mass_matches_the_closed_form_posterior() -> None:
+    decode, y, op, mean_x, variance_x = _problem(chains=100)
+    z0 = torch.zeros(100, 12, dtype=torch.float64)
+    mass = diagonal_curvature(z0, decode, op, SIGMA, generator=torch.Generator().manual_seed(7))
+    assert float(mass.min()) >= 1 and float(mass.max()) > 5  # not the identity
+    result = hamiltonian_posterior(
+        decode, y, op, SIGMA, z0, samples=300, step_size=0.3, leapfrog_steps=8, burn_in=30,
+        mass=mass, generator=torch.Generator().manual_seed(8),
+    )  # fmt: skip
+    mean, variance, mean_error, variance_error = _pooled(result)
+    assert 0.6 < result.acceptance < 1.0
     assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
     assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
         variance - variance_x

@@ -348,3 +348,21 @@ def test_sample_posterior_writes_calibrated_statistics_and_never_overwrites(
     capsys.readouterr()
     assert main(arguments) == 2  # the same --out again: refused, nothing overwritten
     assert "already holds a posterior report" in capsys.readouterr().err
+
+
+def test_sample_posterior_by_preconditioned_hmc(
+    data_dir: Path, glow_denoiser: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "hmc"
+    arguments = ["sample-posterior", "--model", str(glow_denoiser), "--data", str(data_dir),
+                 "--out", str(out), "--images", "2", "--samples", "6", "--burn-in", "2",
+                 "--step-size", "0.02", "--leapfrog-steps", "3", "--precondition"]  # fmt: skip
+    assert main(arguments) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sampler"].startswith("HMC, 3 leapfrog steps") and "mass" in report["sampler"]
+    assert report["samples"] == 6 and 0 < report["acceptance"] <= 1
+    capsys.readouterr()
+    no_hmc = [a for a in arguments if a not in ("--leapfrog-steps", "3")]
+    no_hmc[no_hmc.index("--out") + 1] = str(tmp_path / "no-hmc")
+    assert main(no_hmc) == 2  # a mass matrix without HMC: a clear error
+    assert "pass --leapfrog-steps" in capsys.readouterr().err

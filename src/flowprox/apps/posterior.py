@@ -13,6 +13,7 @@ mean and standard-deviation images are written.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +26,22 @@ from flowprox.metrics.calibration import error_std_correlation, interval_coverag
 from flowprox.metrics.quality import psnr
 from flowprox.models.prior import load_prior
 from flowprox.models.unrolled import load_unrolled
-from flowprox.optim.posterior import langevin_posterior
-from flowprox.physics.operators import Mask
+from flowprox.optim.posterior import (
+    PosteriorSamples,
+    diagonal_curvature,
+    hamiltonian_posterior,
+    langevin_posterior,
+)
+from flowprox.physics.operators import LinearOperator, Mask
 from flowprox.physics.tasks import task_label
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """The Langevin sampler's settings (``optim.posterior.langevin_posterior``)."""
+    """The sampler's settings: Langevin (``optim.posterior.langevin_posterior``; ``burn_in``
+    and ``thin`` count steps) or, with ``leapfrog_steps > 0``, Hamiltonian Monte Carlo
+    (``hamiltonian_posterior``; one trajectory per sample, ``burn_in`` counts trajectories,
+    ``thin`` and ``metropolis`` unused)."""
 
     samples: int = 100
     burn_in: int = 100
@@ -41,6 +50,47 @@ class SamplerSettings:
     metropolis: bool = False
     sigma_floor: float = 0.01
     seed: int = 0
+    leapfrog_steps: int = 0
+    precondition: bool = False
+
+    def describe(self) -> str:
+        """The sampler in words."""
+        if self.leapfrog_steps > 0:
+            mass = ", mass diag(curvature at f(x^))" if self.precondition else ""
+            return f"HMC, {self.leapfrog_steps} leapfrog steps of {self.step_size:g}{mass}"
+        return f"{'MALA' if self.metropolis else 'ULA'}, step {self.step_size:g}"
+
+
+def draw_samples(
+    decode: Callable[[Tensor], Tensor],
+    y: Tensor,
+    op: LinearOperator,
+    sigma_n: float,
+    z0: Tensor,
+    settings: SamplerSettings,
+    seed: int,
+) -> PosteriorSamples:
+    """Samples of ``p(z | y)`` from ``z0`` by the sampler ``settings`` names."""
+    generator = torch.Generator().manual_seed(seed)
+    if settings.precondition and settings.leapfrog_steps <= 0:
+        raise ValueError(
+            "precondition (a curvature mass matrix) is for Hamiltonian Monte Carlo: pass "
+            "--leapfrog-steps L as well, or drop --precondition."
+        )
+    if settings.leapfrog_steps > 0:
+        mass = None
+        if settings.precondition:
+            mass = diagonal_curvature(z0, decode, op, sigma_n, generator=generator)
+        return hamiltonian_posterior(
+            decode, y, op, sigma_n, z0, samples=settings.samples,
+            step_size=settings.step_size, leapfrog_steps=settings.leapfrog_steps,
+            burn_in=settings.burn_in, mass=mass, generator=generator,
+        )  # fmt: skip
+    return langevin_posterior(
+        decode, y, op, sigma_n, z0, steps=settings.samples * settings.thin,
+        step_size=settings.step_size, burn_in=settings.burn_in, thin=settings.thin,
+        metropolis=settings.metropolis, generator=generator,
+    )  # fmt: skip
 
 
 def sample_posterior(
@@ -77,12 +127,8 @@ def sample_posterior(
         x_hat = network(y, op).clamp(0, 1)
         z0, _ = flow(x_hat)
     sigma = max(config.task.sigma_n, settings.sigma_floor)
-    result = langevin_posterior(
-        lambda z: flow.inverse(z, image_size=size), y, op, sigma, z0,
-        steps=settings.samples * settings.thin, step_size=settings.step_size,
-        burn_in=settings.burn_in, thin=settings.thin, metropolis=settings.metropolis,
-        generator=torch.Generator().manual_seed(settings.seed),
-    )  # fmt: skip
+    decode = lambda z: flow.inverse(z, image_size=size)  # noqa: E731
+    result = draw_samples(decode, y, op, sigma, z0, settings, settings.seed)
     samples = result.samples.clamp(0, 1)
     mean, std = samples.mean(0), samples.std(0)
     report = {
@@ -90,6 +136,7 @@ def sample_posterior(
         "images": len(x),
         "samples": len(samples),
         "sigma_n_used": sigma,
+        "sampler": settings.describe(),
         "step_size": result.step_size,
         "acceptance": result.acceptance,
         "non_finite_proposals": result.non_finite,

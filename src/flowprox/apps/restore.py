@@ -44,13 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowprox.apps.posterior import SamplerSettings
+from flowprox.apps.posterior import SamplerSettings, draw_samples
 from flowprox.config import ProxKind, TaskConfig, UnrolledExperiment
 from flowprox.evaluation.restored import restored_val_bits_per_dim
 from flowprox.flows import Glow
 from flowprox.metrics.typicality import TypicalRange, calibrate, image_bits_per_dim
 from flowprox.models.prior import load_prior
-from flowprox.optim.posterior import langevin_posterior
 from flowprox.optim.prox import FlowProx
 from flowprox.optim.unrolled import UnrolledProximalGradient, prior_mode
 from flowprox.physics.noise import measure_fixed
@@ -636,12 +635,9 @@ class Restorer:
         grid = (start.shape[-2], start.shape[-1])
         with torch.no_grad():
             z0, _ = prior(start.clamp(0, 1).to(device))
-        result = langevin_posterior(
+        result = draw_samples(
             lambda z: prior.inverse(z, image_size=grid), y.to(device), op.to(device),
-            max(self.task.sigma_n, settings.sigma_floor), z0,
-            steps=settings.samples * settings.thin, step_size=settings.step_size,
-            burn_in=settings.burn_in, thin=settings.thin, metropolis=settings.metropolis,
-            generator=torch.Generator().manual_seed(settings.seed + index),
+            max(self.task.sigma_n, settings.sigma_floor), z0, settings, settings.seed + index,
         )  # fmt: skip
         samples = result.samples.clamp(0, 1).cpu()
         mean, std = samples.mean(0), samples.std(0)
