@@ -504,14 +504,20 @@ def test_exif_orientation_is_applied_as_pillow_shows_the_image(
 # ------------------------------------------------------------ posterior samples (--samples N)
 
 
-@pytest.mark.parametrize("mode", ["native", "resize"])
+@pytest.mark.parametrize(
+    ("mode", "sampler"),
+    [("native", ()), ("resize", ()),
+     ("native", ("--sample-leapfrog-steps", "3", "--sample-step", "0.02"))],
+)  # fmt: skip
 def test_samples_write_a_posterior_mean_and_std_of_the_inputs_size(
-    trained: tuple[Path, Path], tmp_path: Path, capsys, mode: str
+    trained: tuple[Path, Path], tmp_path: Path, capsys, mode: str, sampler: tuple[str, ...]
 ) -> None:
     _, checkpoint = trained
     paths = _write_images(tmp_path / "in", 2, (12, 10))
     out = tmp_path / "out"
-    code = _restore(checkpoint, paths, out, "--simulate", "--samples", "12", "--mode", mode)
+    code = _restore(
+        checkpoint, paths, out, "--simulate", "--samples", "12", "--mode", mode, *sampler
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "std max" in printed and "ESS" in printed

@@ -126,7 +126,13 @@ def command_restore(args: argparse.Namespace) -> int:
             f"--samples draws from the posterior under the prior, but the run's prior "
             f"{config.prior or '(none)'} is not there; pass --prior PRIOR.pt."
         )
-    sampler = SamplerSettings(samples=args.samples, step_size=args.sample_step, seed=args.seed)
+    sampler = SamplerSettings(
+        samples=args.samples,
+        step_size=args.sample_step,
+        seed=args.seed,
+        leapfrog_steps=args.sample_leapfrog_steps,
+        precondition=args.sample_leapfrog_steps > 0,
+    )
 
     described = "mask " + str(args.mask) if args.mask else task_label(task)
     print(
@@ -271,7 +277,16 @@ def add_restore_command(commands: Any) -> None:
         "--sample-step",
         type=positive_float,
         default=SamplerSettings().step_size,
-        help=f"Langevin step size for --samples (default: {SamplerSettings().step_size:g})",
+        help=f"Langevin step size for --samples (default: {SamplerSettings().step_size:g}); "
+        "with --sample-leapfrog-steps the leapfrog step (e.g. 0.05)",
+    )
+    restore.add_argument(
+        "--sample-leapfrog-steps",
+        type=non_negative_int,
+        default=0,
+        help="draw --samples by Hamiltonian Monte Carlo with this many leapfrog steps per "
+        "sample and a curvature mass matrix (sample-posterior --precondition) instead of "
+        "Langevin (default: 0, Langevin)",
     )
     add_strict_argument(restore)
     restore.set_defaults(handler=command_restore)
