@@ -67,6 +67,14 @@ def log_posterior(z: Tensor, decode: Decoder, y: Tensor, op: LinearOperator, sig
     return value, gradient
 
 
+def _check_noise_level(sigma_n: float) -> None:
+    if not (sigma_n > 0 and math.isfinite(sigma_n)):
+        raise ValueError(
+            f"sigma_n must be > 0, got {sigma_n}; for noise-free measurements pass a small "
+            "floor (e.g. 0.01): the posterior is otherwise concentrated on A x = y."
+        )
+
+
 def _log_proposal(to: Tensor, start: Tensor, gradient: Tensor, step: float) -> Tensor:
     """``log q(to | start)`` up to a constant, per chain."""
     return -(to - start - step * gradient).flatten(1).pow(2).sum(1) / (4 * step)
@@ -100,11 +108,7 @@ def langevin_posterior(
         metropolis: MALA (accept/reject) instead of ULA.
         generator: the noise's source (on ``z0``'s device).
     """
-    if not (sigma_n > 0 and math.isfinite(sigma_n)):
-        raise ValueError(
-            f"sigma_n must be > 0, got {sigma_n}; for noise-free measurements pass a small "
-            "floor (e.g. 0.01): the posterior is otherwise concentrated on A x = y."
-        )
+    _check_noise_level(sigma_n)
     if not (step_size > 0 and steps >= 1 and burn_in >= 0 and thin >= 1):
         raise ValueError(
             f"need step_size > 0, steps >= 1, burn_in >= 0 and thin >= 1; got {step_size}, "
@@ -169,11 +173,7 @@ def hamiltonian_posterior(
     directions in ``~1 / h`` steps, a trajectory of ``L`` leapfrog steps in ``~1 / (L eps)``.
     A trajectory that meets a non-finite image is rejected and counted.
     """
-    if not (sigma_n > 0 and math.isfinite(sigma_n)):
-        raise ValueError(
-            f"sigma_n must be > 0, got {sigma_n}; for noise-free measurements pass a small "
-            "floor (e.g. 0.01): the posterior is otherwise concentrated on A x = y."
-        )
+    _check_noise_level(sigma_n)
     if not (step_size > 0 and samples >= 1 and leapfrog_steps >= 1 and burn_in >= 0
             and 0 <= jitter < 1):  # fmt: skip
         raise ValueError(
