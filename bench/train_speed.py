@@ -9,14 +9,17 @@ the validation images and checkpoints all included, so evaluation is amortised a
   backprop always on for the flows, evaluation of 128 validation images and a checkpoint every 25
   steps;
 - ``new``: the current ``small`` preset as it is (``model.memory_saving = "auto"``, its own
-  evaluation and checkpoint intervals).
+  evaluation and checkpoint intervals, the 1x1 convolutions as one matrix product);
+- ``bf16``: ``new`` with ``model.network_precision = "bfloat16"`` (the coupling networks and
+  the CNN proxes in bfloat16 autocast, ``models.precision``); left out with ``--no-bf16``.
 
-Both runs take ``--steps`` steps (a common multiple of the intervals, so each pays its share of
+The runs take ``--steps`` steps (a common multiple of the intervals, so each pays its share of
 evaluations) from the same seed, prior and data; the time is the run's own ``elapsed_s``
 (``summary.json``: steps, evaluations and checkpoints, not start-up). Code changes that need no
-setting (evaluation under ``torch.inference_mode``) are in both. The table gives seconds per
-step, images per second and the ratio previous/new. Timings are wall-clock on a machine that may
-be busy: compare ratios from one run, never across runs.
+setting (evaluation under ``torch.inference_mode``, the 1x1 convolution as a matrix product)
+are in all of them. The table gives seconds per step, images per second and the ratios
+previous/new and previous/bf16. Timings are wall-clock on a machine that may be busy: compare
+ratios from one run, never across runs.
 
 Data: ``--data`` (a directory with ``celeba64.npz``, an ``.npz`` or a folder), else smooth random
 images generated here (speed does not depend on the pictures). Prior: ``--prior``, else a
@@ -27,7 +30,7 @@ Usage::
 
     python bench/train_speed.py [--data ../shared/data] [--prior PRIOR.pt] [--task deblur]
                                 [--steps 100] [--proxes glow,unet] [--device cpu|cuda]
-                                [--markdown PATH]
+                                [--no-bf16] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ PROXES = ("glow", "pnp-glow", "resnet", "unet")
 
 #: the ``small`` preset's settings before the speed work (model.memory_saving was a flag, on)
 PREVIOUS = ("model.memory_saving=on", "train.eval_every=25", "train.checkpoint_every=25")
+#: each path's settings on top of the preset
+PATHS = {"previous": PREVIOUS, "new": (), "bf16": ("model.network_precision=bfloat16",)}
 
 
 def smooth_images(n: int, size: int, seed: int) -> np.ndarray:
@@ -91,8 +96,7 @@ def timed_run(
     """Seconds per step of one training run, and its summary."""
     settings = [*common, f"model.prox={prox}", f"train.max_steps={steps}",
                 "train.time_limit_minutes=0", "train.early_stopping_patience=0"]  # fmt: skip
-    if path == "previous":
-        settings += PREVIOUS
+    settings += PATHS[path]
     config = load_config(UnrolledExperiment, preset_path("unrolled", "small"), settings)
     config = dataclasses.replace(config, task=task_preset("small", task))
     run = train_unrolled(config, out / f"{prox}-{path}")
@@ -108,6 +112,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--proxes", default=",".join(PROXES))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 runs")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     proxes = [p for p in args.proxes.split(",") if p]
@@ -119,25 +124,29 @@ def main() -> int:
         data = args.data or generated_data(root)
         prior = args.prior or quick_prior(data, root, args.device)
         common = [f"data.path={data}", f"prior={prior}", f"train.device={args.device}"]
+        paths = ["previous", "new"] if args.no_bf16 else list(PATHS)
         rows = []
         for prox in proxes:
-            previous, _ = timed_run(prox, args.task, "previous", args.steps, common, root)
-            new, summary = timed_run(prox, args.task, "new", args.steps, common, root)
-            rows.append((prox, previous, new, summary["bad_steps"]))
+            seconds = {p: timed_run(prox, args.task, p, args.steps, common, root)[0] for p in paths}
+            rows.append((prox, seconds))
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    command = f"python bench/train_speed.py --steps {args.steps} --task {args.task}"
+    if args.no_bf16:
+        command += " --no-bf16"
+    header = [f"{p} s/step" for p in paths] + [f"{p} images/s" for p in paths]
+    header += [f"speed-up {p}" for p in paths[1:]]
     lines = [
         f"Training speed, `small` preset, {args.task}, batches of 16, {args.steps} steps per run "
-        f"(`python bench/train_speed.py --steps {args.steps} --task {args.task}`); {device}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {platform.machine()}.",
+        f"(`{command}`); {device}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, {platform.machine()}. Speed-up: previous s/step over the path's.",
         "",
-        "| prox | previous s/step | new s/step | previous images/s | new images/s | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| prox | " + " | ".join(header) + " |",
+        "|---" * (len(header) + 1) + "|",
     ]
-    for prox, previous, new, _ in rows:
-        lines.append(
-            f"| {prox} | {previous:.3f} | {new:.3f} | {16 / previous:.1f} | {16 / new:.1f} "
-            f"| {previous / new:.2f}x |"
-        )
+    for prox, seconds in rows:
+        cells = [f"{seconds[p]:.3f}" for p in paths] + [f"{16 / seconds[p]:.1f}" for p in paths]
+        cells += [f"{seconds['previous'] / seconds[p]:.2f}x" for p in paths[1:]]
+        lines.append(f"| {prox} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -296,6 +296,8 @@ class ProxKind(str, Enum):
 
 
 MEMORY_SAVING = ("auto", "on", "off")
+#: ``model.network_precision`` (``models.precision.NETWORK_PRECISIONS``)
+NETWORK_PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,9 @@ class UnrolledModelConfig:
     on/off.
     ``initial_estimate`` ``"auto"`` is the prior's mode ``g_0(0)`` for every prox kind (zeros
     for a CNN trained without a prior); ``"adjoint"`` (``A^T y``) and ``"zeros"`` on request.
+    ``network_precision``: ``"float32"``, or ``"bfloat16"`` to run the coupling networks of the
+    flows and the CNN proxes in bfloat16 autocast (``models.precision``; the 1x1 convolutions,
+    the split priors and every log-determinant stay float32).
     """
 
     prox: str = ProxKind.GLOW.value
@@ -339,6 +344,7 @@ class UnrolledModelConfig:
     rho_init: float = 0.0
     rho_prox_sigma: float = 0.1
     rho_floor: float = 1e-11
+    network_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if isinstance(self.memory_saving, bool):  # older configs and checkpoints: true/false
@@ -348,6 +354,7 @@ class UnrolledModelConfig:
             "mu_init": _number(), "lambda_init": _number(), "resnet_features": _count(),
             "resnet_blocks": _count(0), "unet_base": _count(), "unet_depth": _count(1, 16),
             "memory_saving": _one_of(*MEMORY_SAVING), "memory_budget_gb": _number(positive=True),
+            "network_precision": _one_of(*NETWORK_PRECISIONS),
         })  # fmt: skip
 
 

@@ -67,6 +67,14 @@ class ActNorm(InvertibleModule):
         return y * torch.exp(-self.log_scale) - self.loc
 
 
+def channel_mix(x: Tensor, weight: Tensor) -> Tensor:
+    """The 1x1 convolution ``y[:, i] = sum_j W[i, j] x[:, j]`` as one matrix product over the
+    channels-last view (on CPU 1.4x to 3x faster than ``conv2d`` with its backward at the
+    ``small`` preset's shapes, bench/train_speed.py); the output is contiguous NCHW.
+    """
+    return F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2).contiguous()
+
+
 class InvConv1x1(InvertibleModule):
     """Invertible 1x1 convolution with the LU parametrisation of Glow.
 
@@ -74,6 +82,7 @@ class InvConv1x1(InvertibleModule):
     and ``U`` strictly upper-triangular; ``logdet = H * W * sum(log_s)`` needs no ``slogdet``.
     The inverse weight is computed in float64 and cached while the parameters are unchanged and
     no gradient through it is needed (evaluation, or the recomputation of memory-saving backprop).
+    Both directions run in float32 (or the input's dtype) under autocast too.
     """
 
     def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
@@ -99,8 +108,8 @@ class InvConv1x1(InvertibleModule):
         return cast(self.permutation) @ lower @ (upper + diagonal)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        w = self.weight().to(x.dtype)
-        y = F.conv2d(x, w[:, :, None, None])
+        with torch.autocast(x.device.type, enabled=False):  # W and W x exact under autocast
+            y = channel_mix(x, self.weight().to(x.dtype))
         logdet = x.shape[2] * x.shape[3] * self.log_s.sum().to(x.dtype)
         return y, logdet.expand(x.shape[0])
 
@@ -127,8 +136,8 @@ class InvConv1x1(InvertibleModule):
         return self._inverse_cache[1]
 
     def inverse(self, y: Tensor) -> Tensor:
-        w_inv = self.inverse_weight(y.dtype)
-        return F.conv2d(y, w_inv[:, :, None, None])
+        with torch.autocast(y.device.type, enabled=False):
+            return channel_mix(y, self.inverse_weight(y.dtype))
 
 
 class ZeroConv2d(nn.Module):
@@ -178,13 +187,24 @@ class AffineCoupling(InvertibleModule):
         if not 0.0 <= scale_floor < 1.0:
             raise ValueError(f"scale_floor must be in [0, 1), got {scale_floor}; 0 means none.")
         self.split = channels // 2
+        self.network_dtype: torch.dtype | None = None  # see set_network_precision
         self.additive = additive
         self.scale_floor = scale_floor
         passive = channels - self.split
         self.net = coupling_network(self.split, hidden, passive if additive else 2 * passive)
 
+    def _network(self, x_a: Tensor) -> Tensor:
+        """``NN(x_a)``: in float32, or with ``network_dtype`` set in that dtype's autocast on a
+        channels-last copy of ``x_a`` (oneDNN's fast path), returned as float32 NCHW. The same
+        input gives the same output, so the coupling stays exactly invertible either way."""
+        if self.network_dtype is None:
+            return self.net(x_a)
+        with torch.autocast(x_a.device.type, dtype=self.network_dtype):
+            h = self.net(x_a.contiguous(memory_format=torch.channels_last))
+        return h.to(x_a.dtype).contiguous()
+
     def _shift_and_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
-        h = self.net(x_a)
+        h = self._network(x_a)
         if self.additive:
             return h, None
         shift, scale_logit = h.chunk(2, dim=1)

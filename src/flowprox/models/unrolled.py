@@ -18,6 +18,7 @@ from flowprox.config import ProxKind, UnrolledExperiment, config_from_dict
 from flowprox.flows import Glow
 from flowprox.flows.memory import activation_bytes
 from flowprox.models.cnn import ResNetProxNet, UNet
+from flowprox.models.precision import set_network_precision
 from flowprox.models.prior import build_glow
 from flowprox.optim.prox import NetworkProx
 from flowprox.optim.unrolled import (
@@ -152,15 +153,17 @@ def build_unrolled(
         )
         if initial != "prior_mode":
             network.initial_estimate = initial
-        return network
-    return UnrolledProximalGradient(
-        fold_proxes(
-            lambda: NetworkProx(cnn_network(config)), model.num_folds, final_prox, model.tied
-        ),  # fmt: skip
-        initial_estimate=initial,  # type: ignore[arg-type]
-        prior=prior,
-        **steps,  # type: ignore[arg-type]
-    )
+    else:
+        network = UnrolledProximalGradient(
+            fold_proxes(
+                lambda: NetworkProx(cnn_network(config)), model.num_folds, final_prox, model.tied
+            ),  # fmt: skip
+            initial_estimate=initial,  # type: ignore[arg-type]
+            prior=prior,
+            **steps,  # type: ignore[arg-type]
+        )
+    set_network_precision(network, model.network_precision)
+    return network
 
 
 def trainable_parameters(network: UnrolledProximalGradient) -> dict[str, int]:

@@ -81,13 +81,22 @@ class IdentityProx(Prox):
 
 
 class NetworkProx(Prox):
-    """Any image-to-image network used as the prox (ResNet, U-Net baselines); ignores lambda."""
+    """Any image-to-image network used as the prox (ResNet, U-Net baselines); ignores lambda.
+
+    With ``network_dtype`` set (``models.precision``) the network runs in that dtype's autocast
+    on a channels-last copy of ``v`` and its output is cast back to ``v``'s dtype.
+    """
 
     uses_lambda = False
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
+        self.network_dtype: torch.dtype | None = None
 
     def forward(self, v: Tensor, lambda_: Tensor | None = None) -> Tensor:
-        return self.network(v)
+        if self.network_dtype is None:
+            return self.network(v)
+        with torch.autocast(v.device.type, dtype=self.network_dtype):
+            out = self.network(v.contiguous(memory_format=torch.channels_last))
+        return out.to(v.dtype).contiguous()
