@@ -8,12 +8,18 @@ import torch
 import torch.nn.functional as F
 from conftest import make_glow, perturb_parameters_, smooth_images
 
-from flowprox.config import DataConfig, UnrolledExperiment, UnrolledModelConfig
+from flowprox.config import (
+    NETWORK_PRECISION_VALUES,
+    DataConfig,
+    UnrolledExperiment,
+    UnrolledModelConfig,
+)
 from flowprox.flows.layers import AffineCoupling, InvConv1x1, channel_mix
 from flowprox.models.precision import set_network_precision
 from flowprox.models.unrolled import build_unrolled
 from flowprox.optim.prox import NetworkProx
 from flowprox.physics.operators import GaussianBlur
+from flowprox.utils import precision
 
 
 def test_channel_mix_is_the_1x1_convolution_with_its_gradients() -> None:
@@ -89,21 +95,19 @@ def test_build_unrolled_sets_the_networks_precision(prox: str) -> None:
     prior = make_glow(levels=2, steps=2, size=8, dtype=torch.float32)
     op = GaussianBlur(sigma_b=1.0, kernel_size=5)
     networks = {}
-    for precision in ("float32", "bfloat16"):
+    for name in ("float32", "bfloat16"):
         config = UnrolledExperiment(
-            model=UnrolledModelConfig(
-                prox=prox, network_precision=precision, unet_base=8, unet_depth=2
-            ),
+            model=UnrolledModelConfig(prox=prox, network_precision=name, unet_base=8, unet_depth=2),
             data=DataConfig(resolution=8),
         )
-        networks[precision] = build_unrolled(config, op, prior)
-    for precision, expected in (("float32", None), ("bfloat16", torch.bfloat16)):
+        networks[name] = build_unrolled(config, op, prior)
+    for name, network in networks.items():
         kinds = [
-            m.network_dtype
-            for m in networks[precision].modules()
+            m.network_precision
+            for m in network.modules()
             if isinstance(m, AffineCoupling | NetworkProx)
         ]
-        assert kinds and all(kind is expected for kind in kinds)
+        assert kinds and all(kind == name for kind in kinds)
     perturb_parameters_(networks["float32"].proxes, 0.05)  # non-trivial networks
     networks["bfloat16"].load_state_dict(networks["float32"].state_dict())
     y = op.A(smooth_images(2, 3, 8, seed=4))
@@ -118,3 +122,15 @@ def test_an_unknown_precision_is_a_clear_error() -> None:
         UnrolledModelConfig(network_precision="float16")
     with pytest.raises(ValueError, match="unknown network precision 'half'"):
         set_network_precision(torch.nn.Linear(2, 2), "half")
+    assert set(NETWORK_PRECISION_VALUES) == set(precision.NETWORK_PRECISIONS)
+
+
+def test_auto_is_bfloat16_only_where_the_cpu_computes_it_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda native=native: native)
+        assert precision.autocast_dtype("auto", cpu) is expected
+        assert precision.autocast_dtype("bfloat16", cpu) is torch.bfloat16
+        assert precision.autocast_dtype("float32", cpu) is None

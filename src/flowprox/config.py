@@ -296,8 +296,9 @@ class ProxKind(str, Enum):
 
 
 MEMORY_SAVING = ("auto", "on", "off")
-#: ``model.network_precision`` (``models.precision.NETWORK_PRECISIONS``)
-NETWORK_PRECISIONS = ("float32", "bfloat16")
+#: ``model.network_precision`` (resolved on a device by ``utils.precision``, which lists the
+#: same values; tests/test_precision.py checks they agree)
+NETWORK_PRECISION_VALUES = ("float32", "bfloat16", "auto")
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,8 @@ class UnrolledModelConfig:
     for a CNN trained without a prior); ``"adjoint"`` (``A^T y``) and ``"zeros"`` on request.
     ``network_precision``: ``"float32"``, or ``"bfloat16"`` to run the coupling networks of the
     flows and the CNN proxes in bfloat16 autocast (``models.precision``; the 1x1 convolutions,
-    the split priors and every log-determinant stay float32).
+    the split priors and every log-determinant stay float32); ``"auto"``: bfloat16 where the
+    device computes it natively (``utils.precision``), float32 elsewhere.
     """
 
     prox: str = ProxKind.GLOW.value
@@ -354,7 +356,7 @@ class UnrolledModelConfig:
             "mu_init": _number(), "lambda_init": _number(), "resnet_features": _count(),
             "resnet_blocks": _count(0), "unet_base": _count(), "unet_depth": _count(1, 16),
             "memory_saving": _one_of(*MEMORY_SAVING), "memory_budget_gb": _number(positive=True),
-            "network_precision": _one_of(*NETWORK_PRECISIONS),
+            "network_precision": _one_of(*NETWORK_PRECISION_VALUES),
         })  # fmt: skip
 
 

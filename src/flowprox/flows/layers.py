@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowprox.flows.base import InvertibleModule, zero_logdet
+from flowprox.utils.precision import autocast_dtype
 
 _data_init_suspended = False
 
@@ -187,19 +188,21 @@ class AffineCoupling(InvertibleModule):
         if not 0.0 <= scale_floor < 1.0:
             raise ValueError(f"scale_floor must be in [0, 1), got {scale_floor}; 0 means none.")
         self.split = channels // 2
-        self.network_dtype: torch.dtype | None = None  # see set_network_precision
+        self.network_precision = "float32"  # models.precision.set_network_precision
         self.additive = additive
         self.scale_floor = scale_floor
         passive = channels - self.split
         self.net = coupling_network(self.split, hidden, passive if additive else 2 * passive)
 
     def _network(self, x_a: Tensor) -> Tensor:
-        """``NN(x_a)``: in float32, or with ``network_dtype`` set in that dtype's autocast on a
-        channels-last copy of ``x_a`` (oneDNN's fast path), returned as float32 NCHW. The same
-        input gives the same output, so the coupling stays exactly invertible either way."""
-        if self.network_dtype is None:
+        """``NN(x_a)``: in float32, or at a ``network_precision`` that resolves to bfloat16
+        (``utils.precision``) in its autocast on a channels-last copy of ``x_a`` (oneDNN's fast
+        path), returned in ``x_a``'s dtype, NCHW. The same input gives the same output, so the
+        coupling stays exactly invertible either way."""
+        dtype = autocast_dtype(self.network_precision, x_a.device)
+        if dtype is None:
             return self.net(x_a)
-        with torch.autocast(x_a.device.type, dtype=self.network_dtype):
+        with torch.autocast(x_a.device.type, dtype=dtype):
             h = self.net(x_a.contiguous(memory_format=torch.channels_last))
         return h.to(x_a.dtype).contiguous()
 

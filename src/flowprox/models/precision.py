@@ -2,38 +2,34 @@
 
 ``model.network_precision = "bfloat16"`` runs the convolutional networks of a prox in bfloat16
 autocast on channels-last tensors: the coupling networks ``NN`` of every flow (``AffineCoupling``)
-and the ResNet and U-Net proxes (``NetworkProx``). Everything whose precision decides the
+and the ResNet and U-Net proxes (``NetworkProx``); ``"auto"`` does so only where the hardware
+computes bfloat16 natively (``utils.precision``). Everything whose precision decides the
 bijection or its density stays in float32: ActNorm, the 1x1 convolution, its LU and inverse
 (computed in float64), the split priors, the affine map ``y_b = (x_b + t) s`` and every
 log-determinant. A coupling maps ``x_a`` to the same ``(t, s)`` in its forward and its inverse,
-so the flow stays exactly invertible (tests/test_precision.py). On CPUs with AVX-512 BF16 this
-halves the time of the largest convolutions (bench/train_speed.py).
+so the flow stays exactly invertible (tests/test_precision.py).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from flowprox.flows.layers import AffineCoupling
 from flowprox.optim.prox import NetworkProx
-
-#: ``model.network_precision`` values and the autocast dtype each stands for (None: float32)
-NETWORK_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+from flowprox.utils.precision import NETWORK_PRECISIONS
 
 
 def set_network_precision(module: nn.Module, precision: str) -> int:
-    """Run every coupling network and CNN prox inside ``module`` at ``precision`` (a key of
+    """Run every coupling network and CNN prox inside ``module`` at ``precision`` (one of
     ``NETWORK_PRECISIONS``); returns how many networks were set."""
     if precision not in NETWORK_PRECISIONS:
         raise ValueError(
             f"unknown network precision {precision!r}; choose one of "
             f"{', '.join(NETWORK_PRECISIONS)}."
         )
-    dtype = NETWORK_PRECISIONS[precision]
     count = 0
     for child in module.modules():
         if isinstance(child, AffineCoupling | NetworkProx):
-            child.network_dtype = dtype
+            child.network_precision = precision
             count += 1
     return count

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from flowprox.flows.glow import Glow
+from flowprox.utils.precision import autocast_dtype
 
 Shrinkage = Literal["gaussian", "laplace"]
 
@@ -83,8 +84,9 @@ class IdentityProx(Prox):
 class NetworkProx(Prox):
     """Any image-to-image network used as the prox (ResNet, U-Net baselines); ignores lambda.
 
-    With ``network_dtype`` set (``models.precision``) the network runs in that dtype's autocast
-    on a channels-last copy of ``v`` and its output is cast back to ``v``'s dtype.
+    At a ``network_precision`` that resolves to bfloat16 (``utils.precision``) the network runs
+    in its autocast on a channels-last copy of ``v`` and its output is cast back to ``v``'s
+    dtype.
     """
 
     uses_lambda = False
@@ -92,11 +94,12 @@ class NetworkProx(Prox):
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
-        self.network_dtype: torch.dtype | None = None
+        self.network_precision = "float32"  # models.precision.set_network_precision
 
     def forward(self, v: Tensor, lambda_: Tensor | None = None) -> Tensor:
-        if self.network_dtype is None:
+        dtype = autocast_dtype(self.network_precision, v.device)
+        if dtype is None:
             return self.network(v)
-        with torch.autocast(v.device.type, dtype=self.network_dtype):
+        with torch.autocast(v.device.type, dtype=dtype):
             out = self.network(v.contiguous(memory_format=torch.channels_last))
         return out.to(v.dtype).contiguous()
