@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowprox.flows.base import InvertibleModule, zero_logdet
-from flowprox.utils.precision import autocast_dtype
+from flowprox.utils.precision import run_network
 
 _data_init_suspended = False
 
@@ -194,20 +194,8 @@ class AffineCoupling(InvertibleModule):
         passive = channels - self.split
         self.net = coupling_network(self.split, hidden, passive if additive else 2 * passive)
 
-    def _network(self, x_a: Tensor) -> Tensor:
-        """``NN(x_a)``: in float32, or at a ``network_precision`` that resolves to bfloat16
-        (``utils.precision``) in its autocast on a channels-last copy of ``x_a`` (oneDNN's fast
-        path), returned in ``x_a``'s dtype, NCHW. The same input gives the same output, so the
-        coupling stays exactly invertible either way."""
-        dtype = autocast_dtype(self.network_precision, x_a.device)
-        if dtype is None:
-            return self.net(x_a)
-        with torch.autocast(x_a.device.type, dtype=dtype):
-            h = self.net(x_a.contiguous(memory_format=torch.channels_last))
-        return h.to(x_a.dtype).contiguous()
-
     def _shift_and_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor | None]:
-        h = self._network(x_a)
+        h = run_network(self.net, x_a, self.network_precision)  # exact inverse at any precision
         if self.additive:
             return h, None
         shift, scale_logit = h.chunk(2, dim=1)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from flowprox.flows.glow import Glow
-from flowprox.utils.precision import autocast_dtype
+from flowprox.utils.precision import run_network
 
 Shrinkage = Literal["gaussian", "laplace"]
 
@@ -97,9 +97,4 @@ class NetworkProx(Prox):
         self.network_precision = "float32"  # models.precision.set_network_precision
 
     def forward(self, v: Tensor, lambda_: Tensor | None = None) -> Tensor:
-        dtype = autocast_dtype(self.network_precision, v.device)
-        if dtype is None:
-            return self.network(v)
-        with torch.autocast(v.device.type, dtype=dtype):
-            out = self.network(v.contiguous(memory_format=torch.channels_last))
-        return out.to(v.dtype).contiguous()
+        return run_network(self.network, v, self.network_precision)

@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 #: the values of ``model.network_precision``
 NETWORK_PRECISIONS = ("float32", "bfloat16", "auto")
@@ -55,3 +56,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             f"{', '.join(NETWORK_PRECISIONS)}."
         )
     return None
+
+
+def run_network(network: nn.Module, x: Tensor, precision: str) -> Tensor:
+    """``network(x)`` at ``precision``: as it is in float32; at a precision that resolves to
+    bfloat16, in its autocast on a channels-last copy of ``x`` (oneDNN's fast path), the output
+    cast back to ``x``'s dtype and NCHW layout. Deterministic: the same ``x`` gives the same
+    output, which keeps a coupling layer exactly invertible."""
+    dtype = autocast_dtype(precision, x.device)
+    if dtype is None:
+        return network(x)
+    with torch.autocast(x.device.type, dtype=dtype):
+        out = network(x.contiguous(memory_format=torch.channels_last))
+    return out.to(x.dtype).contiguous()
