@@ -8,10 +8,13 @@ the validation images and checkpoints all included, so evaluation is amortised a
 - ``previous``: the settings of the ``small`` preset before the speed work: memory-saving
   backprop always on for the flows, evaluation of 128 validation images and a checkpoint every 25
   steps;
-- ``new``: the current ``small`` preset as it is (``model.memory_saving = "auto"``, its own
-  evaluation and checkpoint intervals, the 1x1 convolutions as one matrix product);
-- ``bf16``: ``new`` with ``model.network_precision = "bfloat16"`` (the coupling networks and
-  the CNN proxes in bfloat16 autocast, ``models.precision``); left out with ``--no-bf16``.
+- ``new``: the current ``small`` preset (``model.memory_saving = "auto"``, its own evaluation
+  and checkpoint intervals) in float32;
+- ``bf16``: the same with ``model.network_precision = "bfloat16"`` (the coupling networks and
+  the CNN proxes in bfloat16 autocast, ``models.precision``: what the preset's ``"auto"`` picks
+  where the hardware computes bfloat16 natively); left out with ``--no-bf16``.
+
+``previous`` and ``new`` set ``model.network_precision = "float32"``.
 
 The runs take ``--steps`` steps (a common multiple of the intervals, so each pays its share of
 evaluations) from the same seed, prior and data; the time is the run's own ``elapsed_s``
@@ -61,7 +64,11 @@ PROXES = ("glow", "pnp-glow", "resnet", "unet")
 #: the ``small`` preset's settings before the speed work (model.memory_saving was a flag, on)
 PREVIOUS = ("model.memory_saving=on", "train.eval_every=25", "train.checkpoint_every=25")
 #: each path's settings on top of the preset
-PATHS = {"previous": PREVIOUS, "new": (), "bf16": ("model.network_precision=bfloat16",)}
+PATHS = {
+    "previous": (*PREVIOUS, "model.network_precision=float32"),
+    "new": ("model.network_precision=float32",),
+    "bf16": ("model.network_precision=bfloat16",),
+}
 
 
 def smooth_images(n: int, size: int, seed: int) -> np.ndarray:
