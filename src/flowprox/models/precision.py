@@ -16,17 +16,13 @@ from torch import nn
 
 from flowprox.flows.layers import AffineCoupling
 from flowprox.optim.prox import NetworkProx
-from flowprox.utils.precision import NETWORK_PRECISIONS
+from flowprox.utils.precision import check_network_precision
 
 
 def set_network_precision(module: nn.Module, precision: str) -> int:
     """Run every coupling network and CNN prox inside ``module`` at ``precision`` (one of
-    ``NETWORK_PRECISIONS``); returns how many networks were set."""
-    if precision not in NETWORK_PRECISIONS:
-        raise ValueError(
-            f"unknown network precision {precision!r}; choose one of "
-            f"{', '.join(NETWORK_PRECISIONS)}."
-        )
+    ``utils.precision.NETWORK_PRECISIONS``); returns how many networks were set."""
+    check_network_precision(precision)
     count = 0
     for child in module.modules():
         if isinstance(child, AffineCoupling | NetworkProx):

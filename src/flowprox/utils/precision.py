@@ -46,15 +46,21 @@ def native_bfloat16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bfloat16()
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a network at ``precision`` on ``device`` (None: float32)."""
-    if precision == "bfloat16" or (precision == "auto" and native_bfloat16(device)):
-        return torch.bfloat16
+def check_network_precision(precision: str) -> str:
+    """``precision`` if it is one of ``NETWORK_PRECISIONS``; a clear error otherwise."""
     if precision not in NETWORK_PRECISIONS:
         raise ValueError(
             f"unknown network precision {precision!r}; choose one of "
             f"{', '.join(NETWORK_PRECISIONS)}."
         )
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a network at ``precision`` on ``device`` (None: float32)."""
+    if precision == "bfloat16" or (precision == "auto" and native_bfloat16(device)):
+        return torch.bfloat16
+    check_network_precision(precision)
     return None
 
 
