@@ -70,8 +70,8 @@ class ActNorm(InvertibleModule):
 
 def channel_mix(x: Tensor, weight: Tensor) -> Tensor:
     """The 1x1 convolution ``y[:, i] = sum_j W[i, j] x[:, j]`` as one matrix product over the
-    channels-last view (on CPU 1.4x to 3x faster than ``conv2d`` with its backward at the
-    ``small`` preset's shapes, bench/train_speed.py); the output is contiguous NCHW.
+    channels-last view (on CPU 1.3x to 1.7x faster than ``conv2d`` with its backward at the
+    ``small`` preset's shapes, bench/step_variants.py); the output is contiguous NCHW.
     """
     return F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2).contiguous()
 
