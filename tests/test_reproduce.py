@@ -58,6 +58,7 @@ def test_reproduce_runs_every_stage_writes_the_tables_and_skips_finished_stages(
     results = (out / "results.md").read_text()
     for heading in ("Table I", "Table II", "Table III", "Table IV"):
         assert heading in results
+    assert "--out RUN --tasks denoise,inpaint`" in results  # the command that re-makes it
     # every row of the paper's tables: the paper's numbers of PAPER, task by task
     for table, methods in PAPER.items():
         rows = table_cells(results, table)

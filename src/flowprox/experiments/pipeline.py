@@ -89,6 +89,7 @@ class Pipeline(Reproduction):
             "ood_data": self.ood_data,
             "device": self.device,
             "budget_scale": self.budget_scale,
+            "tasks": list(self.tasks),
         }
 
     def _plan(self) -> list[Stage]:

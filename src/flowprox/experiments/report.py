@@ -17,6 +17,8 @@ from flowprox.experiments.plan import (
     ALL_TASKS,
     BEYOND_TASKS,
     METHODS,
+    PAPER_TASKS,
+    TASK_GROUPS,
     machine_description,
     methods_for,
 )
@@ -219,8 +221,20 @@ def made_with(reproduction: Reproduction) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _tasks_option(tasks: list[str] | None) -> str | None:
+    """``--tasks`` as the command line gave it: None for the default (the paper's tasks), a
+    group's name where the tasks are one group, else the task names."""
+    if not tasks or tuple(tasks) == PAPER_TASKS:
+        return None
+    group = next((name for name, group in TASK_GROUPS.items() if tuple(tasks) == group), None)
+    return group or ",".join(tasks)
+
+
 def _command(settings: dict[str, Any]) -> str:
     parts = [f"flowprox reproduce --preset {settings.get('preset')} --data DATA --out RUN"]
+    tasks = _tasks_option(settings.get("tasks"))
+    if tasks:
+        parts.append(f"--tasks {tasks}")
     if settings.get("ood_data"):
         parts.append("--ood-data OOD")
     if settings.get("budget_scale", 1.0) != 1.0:
@@ -286,8 +300,15 @@ def _header(reproduction: Reproduction) -> list[str]:
     ]
 
 
+def _ran_paper_tasks(reproduction: Reproduction) -> bool:
+    """Whether any of the paper's tasks was evaluated (a ``--tasks beyond`` run has none)."""
+    return any(any((reproduction.out / "eval" / task).glob("*.json")) for task in PAPER_TASKS)
+
+
 def _paper_tables(reproduction: Reproduction) -> list[str]:
-    """Tables I-IV in the paper's layout."""
+    """Tables I-IV in the paper's layout; nothing when none of the paper's tasks was evaluated."""
+    if not _ran_paper_tasks(reproduction):
+        return []
     anime = _load(reproduction, "denoise", "ood-images")
     anime_count = anime["images"] if anime else 0
     anime_all = _load(reproduction, "denoise", ALL_ANIME)
@@ -410,7 +431,23 @@ def _failed_runs(reproduction: Reproduction) -> list[str]:
 
 
 def _extras(reproduction: Reproduction) -> list[str]:
-    """The small-support deblurring column, the cost of inference and the training runs."""
+    """The small-support deblurring column (when a paper task ran), the cost of inference and
+    the training runs."""
+    return [
+        *(_small_support_section(reproduction) if _ran_paper_tasks(reproduction) else []),
+        "## Cost of inference (in distribution)",
+        "",
+        _costs(reproduction),
+        "",
+        "## Training runs",
+        "",
+        _training_summary(reproduction),
+        "",
+    ]
+
+
+def _small_support_section(reproduction: Reproduction) -> list[str]:
+    """The full kernel support against a small one, with why it matters."""
     return [
         "## Deblurring: full kernel support against a small support",
         "",
@@ -420,14 +457,6 @@ def _extras(reproduction: Reproduction) -> list[str]:
         "inverts, which is one way to read the paper's high deblurring PSNRs.",
         "",
         _small_support(reproduction),
-        "",
-        "## Cost of inference (in distribution)",
-        "",
-        _costs(reproduction),
-        "",
-        "## Training runs",
-        "",
-        _training_summary(reproduction),
         "",
     ]
 
