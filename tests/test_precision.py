@@ -62,15 +62,26 @@ def test_bfloat16_networks_change_the_flow_but_keep_it_invertible() -> None:
     assert torch.allclose(logdet16, logdet32, rtol=1e-2)
 
 
-def test_a_glow_under_outer_autocast_keeps_its_1x1_convolutions_exact() -> None:
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_glow_under_outer_autocast_keeps_its_1x1_convolutions_exact(device: str) -> None:
     """Wrapped in bfloat16 autocast from outside, the 1x1 convolutions stay float32 and the
-    round-trip error of the Glow stays below 1e-3 (issue 11)."""
+    round-trip error of the Glow stays below 1e-3 (issue 11), on the CPU and on CUDA."""
     glow = perturb_parameters_(make_glow(levels=2, steps=2, hidden=32, dtype=torch.float32), 0.05)
+    glow = glow.to(device)
     invconv = next(m for m in glow.modules() if isinstance(m, InvConv1x1))
     seen = []
     invconv.register_forward_hook(lambda _m, _i, out: seen.append(out[0].dtype))
-    x = smooth_images(4, 3, 8, seed=2)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    x = smooth_images(4, 3, 8, seed=2).to(device)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
         z, _ = glow(x)
         error = (glow.inverse(z.float()) - x).abs().max().item()
     assert seen == [torch.float32]

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from flowprox.config import check_device
+from flowprox.utils.precision import exact_float32_on_cuda
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def setup_distributed(device: str = "cpu") -> DistributedContext:
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """The torch device of ``name`` (``cpu``, ``cuda`` or ``cuda:N``), checked to exist.
 
-    ``local_rank`` (under ``torchrun``) picks the process's GPU instead of ``N``.
+    ``local_rank`` (under ``torchrun``) picks the process's GPU instead of ``N``. On CUDA, TF32
+    is turned off (``utils.precision.exact_float32_on_cuda``): the flows' inverse needs float32.
 
     Raises:
         ValueError: a malformed name, no CUDA, or no GPU of that index (each names the fix).
@@ -82,6 +84,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         raise ValueError(
             f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}."
         )
+    exact_float32_on_cuda()
     return torch.device("cuda", index)
 
 

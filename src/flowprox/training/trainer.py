@@ -39,6 +39,7 @@ from flowprox.training.distributed import (
     unwrap_model,
 )
 from flowprox.training.plateau import flattened
+from flowprox.training.resident import fits_on_device, resident_batches
 from flowprox.training.rundir import RunDirectory
 from flowprox.utils.checkpoint import (
     capture_rng_state,
@@ -132,7 +133,12 @@ def batches(
     num_workers: int,
     device: torch.device,
 ) -> Iterator[Tensor]:
-    """Batches from ``sampler`` through a ``DataLoader`` with workers, moved to ``device``."""
+    """Batches from ``sampler`` moved to ``device``: gathered on the GPU from the images held
+    there when they fit (``training.resident``), else through a ``DataLoader`` with workers
+    (pinned memory and non-blocking copies on CUDA)."""
+    if isinstance(dataset, ImageDataset) and fits_on_device(dataset.tensor.nbytes, device):
+        yield from resident_batches(dataset.tensor.to(device), sampler)
+        return
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

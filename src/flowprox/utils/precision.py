@@ -75,3 +75,13 @@ def run_network(network: nn.Module, x: Tensor, precision: str) -> Tensor:
     with torch.autocast(x.device.type, dtype=dtype):
         out = network(x.contiguous(memory_format=torch.channels_last))
     return out.to(x.dtype).contiguous()
+
+
+def exact_float32_on_cuda() -> None:
+    """TF32 off for CUDA matrix products and cuDNN convolutions. On GPUs of compute capability
+    8.0 and newer torch lets cuDNN run float32 convolutions in TF32 (a 10-bit mantissa) by
+    default; the flows' inverse must undo their forward to float32 rounding and their
+    log-determinants stay float32, so float32 means float32 on every CUDA device flowprox
+    resolves. Faster networks are chosen explicitly: ``model.network_precision``."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
