@@ -127,8 +127,10 @@ REPRODUCE_PRESETS = {
         # < 0.1 dB over the last 20% of steps, judged from step 600 on (a first run judged from
         # step 300 stopped the U-Net denoiser at step 400 on val noise of +-0.3 dB, with a
         # window of only 80 steps). Plug-and-play GLOW trains only its
-        # step parameters and gets 300. The curves of the committed run, one line per run, are
-        # in docs/results/figures/curves.png; the training table says which runs flattened.
+        # step parameters and gets 300. The curves of the committed run (one call, 116.5 min),
+        # one line per run, are in docs/results/curves.png; its training table says which runs
+        # flattened: every Table I run but the inpainting GLOW prox (+0.24 dB over its last
+        # 20%) and the two deblurring U-Nets (+0.12, +0.10), which used their 1,000 steps.
         TrainingBudget(
             glow_steps=1000,
             pnp_steps=300,
