@@ -33,6 +33,7 @@ from flowprox.optim.unrolled import (
 )
 from flowprox.physics.noise import measure
 from flowprox.physics.operators import GaussianBlur, Identity, LinearOperator, Mask
+from flowprox.training.task import make_unrolled_optimizer
 
 
 def measurement(op, size: int = 8, sigma: float = 0.05, seed: int = 0):
@@ -323,3 +324,36 @@ def test_memory_saving_auto_turns_on_above_the_budget() -> None:
     assert config(memory_saving=False).model.memory_saving == "off"
     with pytest.raises(ValueError, match="model.memory_saving must be one of"):
         config(memory_saving="sometimes")
+
+
+def test_the_multi_tensor_optimizer_and_clip_train_exactly_like_the_per_tensor_loop() -> None:
+    """``make_unrolled_optimizer`` (foreach Adam) and the trainer's foreach gradient clip give
+    the same weights bit for bit as Adam and the clip looping over the tensors."""
+    op = Mask.center_square(8, 8, 3)
+    x, y = measurement(op)
+    x, y = x.float(), y.float()
+    config = UnrolledExperiment()
+    fast = flow_unrolled_network(make_glow(), num_folds=3)
+    slow = copy.deepcopy(fast)
+    start = copy.deepcopy(fast)
+    fast_optimizer = make_unrolled_optimizer(fast, config)
+    slow_groups = [
+        {"params": group["params"], "lr": group["lr"]}
+        for group in make_unrolled_optimizer(slow, config).param_groups
+    ]
+    train = config.train
+    slow_optimizer = torch.optim.Adam(slow_groups, betas=train.betas, eps=train.eps, foreach=False)
+    assert fast_optimizer.defaults["foreach"] is True
+    for model, optimizer, foreach in ((fast, fast_optimizer, True), (slow, slow_optimizer, False)):
+        for _ in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.mse_loss(model(y, op), x).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3, foreach=foreach)
+            optimizer.step()
+    moved = 0
+    for (name, a), b, a0 in zip(
+        fast.named_parameters(), slow.parameters(), start.parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+        moved += int(not torch.equal(a, a0))
+    assert moved > 10  # the flows, mu and lambda all trained

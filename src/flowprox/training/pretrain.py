@@ -273,7 +273,7 @@ def learning_rate_factor(
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam or Adamax over ``model``'s parameters (``train.optimizer``)."""
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     if name == "adamax":
-        return torch.optim.Adamax(model.parameters(), lr=lr)
+        return torch.optim.Adamax(model.parameters(), lr=lr, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'adamax'.")

@@ -402,8 +402,8 @@ class Trainer:
             return None
         loss.backward()
         grad_clip = self.settings.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), grad_clip if grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(  # foreach: one kernel per op, not per tensor
+            self.model.parameters(), grad_clip if grad_clip > 0 else math.inf, foreach=True
         )
         finite = torch.isfinite(loss) and torch.isfinite(grad_norm)
         self.last_grad_norm = float(grad_norm)
