@@ -2,7 +2,8 @@
 
 For each task, the trained GLOW prox of a reproduction (``RUN/train/TASK/glow``) gives ``x^``;
 Langevin dynamics or Hamiltonian Monte Carlo (``--leapfrog-steps``, with ``--precondition`` a
-diagonal curvature mass matrix) in the prior's latent space (the run's prior, or ``--prior``),
+diagonal curvature mass matrix, ``--precondition dense`` the whole Gauss-Newton curvature) in
+the prior's latent space (the run's prior, or ``--prior``),
 started at ``f(x^)``, samples ``p(x | y)``. The step size (and the number of leapfrog steps)
 is chosen on ``--val-images`` images of the val split (the setting whose central 90%
 per-pixel intervals cover the true pixels closest to 90%: inside the hole for inpainting,
@@ -19,7 +20,7 @@ Usage::
 
     python bench/posterior_calibration.py --run runs/repro-small --data ../shared/data
         --out runs/posterior [--tasks inpaint,deblur] [--step-sizes 1e-5,3e-5,1e-4,3e-4,1e-3,3e-3]
-        [--leapfrog-steps 40,120 --precondition] [--prior PRIOR.pt] [--images 16]
+        [--leapfrog-steps 40,120 --precondition [dense]] [--prior PRIOR.pt] [--images 16]
         [--val-images 16] [--samples 100] [--burn-in 100] [--markdown OUT.md] [--figure OUT.png]
 """
 
@@ -34,14 +35,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flowprox.apps.posterior import SamplerSettings, sample_posterior
+from flowprox.apps.posterior import PRECONDITIONERS, SamplerSettings, sample_posterior
 
 Setting = tuple[float, int]  # (step size, leapfrog steps; 0: Langevin)
 
 
 def _sample(args: argparse.Namespace, task: str, split: str, setting: Setting) -> dict:
     step, leapfrog = setting
-    out = args.out / task / f"{split}-{_name(setting)}"
+    out = args.out / task / f"{split}-{_name(setting)}{_mass_suffix(args.precondition)}"
     if (out / "report.json").is_file():
         return json.loads((out / "report.json").read_text())
     settings = SamplerSettings(
@@ -53,6 +54,11 @@ def _sample(args: argparse.Namespace, task: str, split: str, setting: Setting) -
     report = sample_posterior(model, args.data, out, images, settings, args.prior, split)
     print(f"{task} {split} {_name(setting)}: coverage_90 {_target(report):.3f}", flush=True)
     return report
+
+
+def _mass_suffix(precondition: str) -> str:
+    """Folder suffix of a mass matrix (none for the diagonal, as in earlier runs' folders)."""
+    return {"none": "-identity", "diagonal": "", "dense": "-dense"}[precondition]
 
 
 def _name(setting: Setting) -> str:
@@ -100,7 +106,9 @@ def main() -> int:
     parser.add_argument("--tasks", default="inpaint,deblur")
     parser.add_argument("--step-sizes", default="1e-5,3e-5,1e-4,3e-4,1e-3,3e-3")
     parser.add_argument("--leapfrog-steps", default="0", help="0: Langevin; L > 0: HMC")
-    parser.add_argument("--precondition", action="store_true")
+    parser.add_argument(
+        "--precondition", nargs="?", const="diagonal", default="none", choices=PRECONDITIONERS
+    )
     parser.add_argument("--prior", type=Path, help="the sampler's prior (default: the run's)")
     parser.add_argument("--images", type=int, default=16, help="test images")
     parser.add_argument("--val-images", type=int, default=0, help="val images (0: --images)")

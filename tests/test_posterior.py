@@ -17,6 +17,7 @@ from flowprox.metrics.calibration import error_std_correlation, interval_coverag
 from flowprox.optim.posterior import (
     diagonal_curvature,
     effective_sample_size,
+    gauss_newton_curvature,
     hamiltonian_posterior,
     langevin_posterior,
 )
@@ -116,6 +117,49 @@ def test_hmc_with_the_curvature_as_mass_matches_the_closed_form_posterior() -> N
     assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
         variance - variance_x
     ) / variance_error
+
+
+def test_the_dense_curvature_is_the_gauss_newton_matrix() -> None:
+    decode, y, op, _, _ = _problem(chains=2)
+    z = torch.randn(2, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    curvature = gauss_newton_curvature(z, decode, op, SIGMA, chunk=4)  # 6 rows in 2 chunks
+    lower = (
+        decode(torch.eye(12, dtype=torch.float64)).flatten(1).T
+        - decode(torch.zeros(1, 12, dtype=torch.float64)).flatten(1).T
+    )
+    matrix = op.matrix.double() @ lower  # A J, the same at every z for a linear flow
+    exact = torch.eye(12, dtype=torch.float64) + matrix.T @ matrix / SIGMA**2
+    for chain in range(2):
+        torch.testing.assert_close(curvature[chain], exact, rtol=1e-12, atol=1e-12)
+
+
+def test_hmc_with_the_dense_curvature_as_mass_matches_the_closed_form_posterior() -> None:
+    decode, y, op, mean_x, variance_x = _problem(chains=100)
+    z0 = torch.zeros(100, 12, dtype=torch.float64)
+    mass = gauss_newton_curvature(z0, decode, op, SIGMA)
+    result = hamiltonian_posterior(
+        decode, y, op, SIGMA, z0, samples=300, step_size=0.5, leapfrog_steps=3, burn_in=30,
+        mass=mass, generator=torch.Generator().manual_seed(9),
+    )  # fmt: skip
+    mean, variance, mean_error, variance_error = _pooled(result)
+    # the mass is the posterior's precision: the whitened posterior is N(0, I), so three
+    # leapfrog steps of 0.5 reach nearly independent samples, nearly always accepted
+    assert result.acceptance > 0.85, result.acceptance
+    assert float(result.ess.flatten(1).median()) > 150, result.ess.flatten(1).median()
+    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
+    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
+        variance - variance_x
+    ) / variance_error
+
+
+def test_a_dense_mass_must_be_positive_definite() -> None:
+    decode, y, op, _, _ = _problem(chains=2)
+    z0 = torch.zeros(2, 12, dtype=torch.float64)
+    singular = torch.zeros(2, 12, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="positive definite"):
+        hamiltonian_posterior(decode, y, op, SIGMA, z0, samples=2, mass=singular)
+    with pytest.raises(ValueError, match="flat latents"):
+        gauss_newton_curvature(z0.view(2, 3, 2, 2), decode, op, SIGMA)
 
 
 def test_unadjusted_langevin_is_close_at_a_small_step() -> None:

@@ -350,16 +350,18 @@ def test_sample_posterior_writes_calibrated_statistics_and_never_overwrites(
     assert "already holds a posterior report" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("mass", "described"), [([], "diag"), (["dense"], "(dense)")])
 def test_sample_posterior_by_preconditioned_hmc(
-    data_dir: Path, glow_denoiser: Path, tmp_path: Path, capsys
+    data_dir: Path, glow_denoiser: Path, tmp_path: Path, capsys, mass: list, described: str
 ) -> None:
     out = tmp_path / "hmc"
     arguments = ["sample-posterior", "--model", str(glow_denoiser), "--data", str(data_dir),
                  "--out", str(out), "--images", "2", "--samples", "6", "--burn-in", "2",
-                 "--step-size", "0.02", "--leapfrog-steps", "3", "--precondition"]  # fmt: skip
+                 "--step-size", "0.02", "--leapfrog-steps", "3",
+                 "--precondition", *mass]  # fmt: skip
     assert main(arguments) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["sampler"].startswith("HMC, 3 leapfrog steps") and "mass" in report["sampler"]
+    assert report["sampler"].startswith("HMC, 3 leapfrog steps") and described in report["sampler"]
     assert report["samples"] == 6 and 0 < report["acceptance"] <= 1
     capsys.readouterr()
     no_hmc = [a for a in arguments if a not in ("--leapfrog-steps", "3")]

@@ -29,11 +29,16 @@ from flowprox.models.unrolled import load_unrolled
 from flowprox.optim.posterior import (
     PosteriorSamples,
     diagonal_curvature,
+    gauss_newton_curvature,
     hamiltonian_posterior,
     langevin_posterior,
 )
 from flowprox.physics.operators import LinearOperator, Mask
 from flowprox.physics.tasks import task_label
+
+#: HMC's mass matrix: the identity, the diagonal of the Gauss-Newton curvature at ``f(x^)``
+#: (``optim.posterior.diagonal_curvature``) or all of it (``gauss_newton_curvature``)
+PRECONDITIONERS = ("none", "diagonal", "dense")
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,23 @@ class SamplerSettings:
     sigma_floor: float = 0.01
     seed: int = 0
     leapfrog_steps: int = 0
-    precondition: bool = False
+    precondition: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.precondition not in PRECONDITIONERS:
+            raise ValueError(
+                f"precondition must be one of {', '.join(PRECONDITIONERS)}; got "
+                f"{self.precondition!r}."
+            )
 
     def describe(self) -> str:
         """The sampler in words."""
         if self.leapfrog_steps > 0:
-            mass = ", mass diag(curvature at f(x^))" if self.precondition else ""
+            mass = {
+                "none": "",
+                "diagonal": ", mass diag(curvature at f(x^))",
+                "dense": ", mass = Gauss-Newton curvature at f(x^) (dense)",
+            }[self.precondition]
             return f"HMC, {self.leapfrog_steps} leapfrog steps of {self.step_size:g}{mass}"
         return f"{'MALA' if self.metropolis else 'ULA'}, step {self.step_size:g}"
 
@@ -72,15 +88,17 @@ def draw_samples(
 ) -> PosteriorSamples:
     """Samples of ``p(z | y)`` from ``z0`` by the sampler ``settings`` names."""
     generator = torch.Generator().manual_seed(seed)
-    if settings.precondition and settings.leapfrog_steps <= 0:
+    if settings.precondition != "none" and settings.leapfrog_steps <= 0:
         raise ValueError(
             "precondition (a curvature mass matrix) is for Hamiltonian Monte Carlo: pass "
             "--leapfrog-steps L as well, or drop --precondition."
         )
     if settings.leapfrog_steps > 0:
         mass = None
-        if settings.precondition:
+        if settings.precondition == "diagonal":
             mass = diagonal_curvature(z0, decode, op, sigma_n, generator=generator)
+        elif settings.precondition == "dense":
+            mass = gauss_newton_curvature(z0, decode, op, sigma_n)
         return hamiltonian_posterior(
             decode, y, op, sigma_n, z0, samples=settings.samples,
             step_size=settings.step_size, leapfrog_steps=settings.leapfrog_steps,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from flowprox.apps.demo import run_demo
-from flowprox.apps.posterior import SamplerSettings, sample_posterior
+from flowprox.apps.posterior import PRECONDITIONERS, SamplerSettings, sample_posterior
 from flowprox.apps.restore import (
     DEFAULT_MODE,
     MODES,
@@ -131,7 +131,7 @@ def command_restore(args: argparse.Namespace) -> int:
         step_size=args.sample_step,
         seed=args.seed,
         leapfrog_steps=args.sample_leapfrog_steps,
-        precondition=args.sample_leapfrog_steps > 0,
+        precondition=args.sample_precondition if args.sample_leapfrog_steps > 0 else "none",
     )
 
     described = "mask " + str(args.mask) if args.mask else task_label(task)
@@ -285,8 +285,14 @@ def add_restore_command(commands: Any) -> None:
         type=non_negative_int,
         default=0,
         help="draw --samples by Hamiltonian Monte Carlo with this many leapfrog steps per "
-        "sample and a curvature mass matrix (sample-posterior --precondition) instead of "
+        "sample and a curvature mass matrix (--sample-precondition) instead of "
         "Langevin (default: 0, Langevin)",
+    )
+    restore.add_argument(
+        "--sample-precondition",
+        choices=["diagonal", "dense"],
+        default="diagonal",
+        help="HMC's mass matrix, as sample-posterior --precondition (default: diagonal)",
     )
     add_strict_argument(restore)
     restore.set_defaults(handler=command_restore)
@@ -375,9 +381,14 @@ def add_sample_posterior_command(commands: Any) -> None:
     )
     sampler.add_argument(
         "--precondition",
-        action="store_true",
-        help="HMC's mass matrix: the diagonal of the likelihood's Gauss-Newton curvature at "
-        "f(x^) (8 random probes), so that each latent moves on its own posterior scale",
+        nargs="?",
+        const="diagonal",
+        default="none",
+        choices=list(PRECONDITIONERS),
+        help="HMC's mass matrix from the Gauss-Newton curvature of -log p(z | y) at f(x^): "
+        "'diagonal' (the flag alone; 8 random probes), so that each latent moves on its own "
+        "posterior scale, or 'dense' (exact, one backward pass per measured value), so that "
+        "correlated latents move together too",
     )
     sampler.add_argument(
         "--sigma-floor",

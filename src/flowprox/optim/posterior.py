@@ -165,12 +165,15 @@ def hamiltonian_posterior(
     Each sample is one trajectory: momentum ``p ~ N(0, M)``, ``leapfrog_steps`` leapfrog steps
     of size ``eps`` (drawn per trajectory uniformly in ``step_size * [1 - jitter, 1 + jitter]``,
     against periodic orbits), accepted with ``min(1, exp(H(z, p) - H(z', p')))``,
-    ``H = -log p(z | y) + p^T M^-1 p / 2``. ``mass`` is a fixed diagonal ``M`` (``z``'s shape;
-    ``None``: the identity), e.g. :func:`diagonal_curvature` at ``z0``: each coordinate then
-    moves on the scale of its own posterior width. With noise-free measurements the posterior
-    is stiff (curvature ``~||A J||^2 / sigma_n^2`` along the measured directions, ``~1`` along the
-    others): Langevin's step must stay below the stiff scale and then crosses the soft
-    directions in ``~1 / h`` steps, a trajectory of ``L`` leapfrog steps in ``~1 / (L eps)``.
+    ``H = -log p(z | y) + p^T M^-1 p / 2``. ``mass`` is a fixed ``M``: diagonal (``z``'s
+    shape; ``None``: the identity), e.g. :func:`diagonal_curvature` at ``z0``, so that each
+    coordinate moves on the scale of its own posterior width; or, for flat latents ``(B, D)``,
+    dense ``(B, D, D)``, e.g. :func:`gauss_newton_curvature` at ``z0``, so that the chain moves
+    in the coordinates that whiten the posterior's local Gaussian (correlated directions too).
+    With noise-free measurements the posterior is stiff (curvature ``~||A J||^2 / sigma_n^2``
+    along the measured directions, ``~1`` along the others): Langevin's step must stay below
+    the stiff scale and then crosses the soft directions in ``~1 / h`` steps, a trajectory of
+    ``L`` leapfrog steps in ``~1 / (L eps)``.
     A trajectory that meets a non-finite image is rejected and counted.
     """
     _check_noise_level(sigma_n)
@@ -181,9 +184,7 @@ def hamiltonian_posterior(
             f"0 <= jitter < 1; got {step_size}, {samples}, {leapfrog_steps}, {burn_in}, {jitter}."
         )
     z = z0.detach().clone()
-    mass = torch.ones_like(z) if mass is None else mass.to(z)
-    if mass.shape != z.shape or not bool((mass > 0).all()):
-        raise ValueError(f"mass must be positive with z's shape {tuple(z.shape)}.")
+    kinetic = _Kinetic(z, mass)
     value, gradient = log_posterior(z, decode, y, op, sigma_n)
     shape = (-1, *([1] * (z.dim() - 1)))
     kept, accepted, non_finite = [], 0.0, 0.0
@@ -191,18 +192,18 @@ def hamiltonian_posterior(
         unit = float(torch.rand((), generator=generator))
         eps = step_size * (1 + jitter * (2 * unit - 1))
         noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-        momentum = mass.sqrt() * noise
+        momentum = kinetic.momentum(noise)
         start_energy = -value + 0.5 * noise.flatten(1).pow(2).sum(1)
         position, new_gradient = z, gradient
         broken = torch.zeros_like(value, dtype=torch.bool)
         momentum = momentum + 0.5 * eps * new_gradient
         for step in range(leapfrog_steps):
-            position = position + eps * momentum / mass
+            position = position + eps * kinetic.velocity(momentum)
             new_value, new_gradient = log_posterior(position, decode, y, op, sigma_n)
             broken |= ~torch.isfinite(new_value)
             scale = eps if step < leapfrog_steps - 1 else 0.5 * eps
             momentum = momentum + scale * new_gradient
-        energy = -new_value + 0.5 * (momentum.pow(2) / mass).flatten(1).sum(1)
+        energy = -new_value + kinetic.energy(momentum)
         log_ratio = torch.where(broken, -math.inf, start_energy - energy)
         uniform = torch.rand(log_ratio.shape, generator=generator, dtype=z.dtype)
         accept = uniform.to(z.device).log() < log_ratio
@@ -215,6 +216,82 @@ def hamiltonian_posterior(
             with torch.no_grad():
                 kept.append(decode(z).detach())
     return _statistics(kept, step_size, accepted / samples, non_finite / samples)
+
+
+class _Kinetic:
+    """The kinetic energy ``p^T M^-1 p / 2`` of a fixed mass matrix ``M``: diagonal (``z``'s
+    shape) or dense ``(B, D, D)`` for flat ``z`` ``(B, D)`` (through its float64 Cholesky factor
+    ``M = C C^T``: ``p = C xi`` and ``M^-1 p`` by two triangular solves)."""
+
+    def __init__(self, z: Tensor, mass: Tensor | None) -> None:
+        self.dense = mass is not None and z.dim() == 2 and mass.shape == (*z.shape, z.shape[1])
+        if mass is None:
+            mass = torch.ones_like(z)
+        if self.dense:
+            factor, info = torch.linalg.cholesky_ex(mass.double())
+            if bool((info != 0).any()) or not bool(torch.isfinite(factor).all()):
+                raise ValueError("a dense mass matrix must be symmetric positive definite.")
+            self.factor = factor
+        elif mass.shape != z.shape or not bool((mass > 0).all()):
+            raise ValueError(
+                f"mass must be positive with z's shape {tuple(z.shape)}, or (for flat z) a "
+                f"dense (B, D, D) matrix; got {tuple(mass.shape)}."
+            )
+        else:
+            self.mass = mass.to(z)
+
+    def momentum(self, noise: Tensor) -> Tensor:
+        """``p ~ N(0, M)`` from ``noise ~ N(0, I)``."""
+        if self.dense:
+            return (self.factor @ noise.double().unsqueeze(-1)).squeeze(-1).to(noise.dtype)
+        return self.mass.sqrt() * noise
+
+    def velocity(self, momentum: Tensor) -> Tensor:
+        """``M^-1 p``."""
+        if self.dense:
+            solved = torch.cholesky_solve(momentum.double().unsqueeze(-1), self.factor)
+            return solved.squeeze(-1).to(momentum.dtype)
+        return momentum / self.mass
+
+    def energy(self, momentum: Tensor) -> Tensor:
+        """``p^T M^-1 p / 2`` per chain."""
+        return 0.5 * (momentum * self.velocity(momentum)).flatten(1).sum(1)
+
+
+def gauss_newton_curvature(
+    z: Tensor, decode: Decoder, op: LinearOperator, sigma_n: float, chunk: int = 128
+) -> Tensor:
+    """``I + (A J)^T (A J) / sigma_n^2`` at flat latents ``z`` ``(B, D)``, dense ``(B, D, D)`` in
+    float64: the Gauss-Newton curvature of ``-log p(z | y)`` (``J`` the Jacobian of ``decode``),
+    a mass matrix for :func:`hamiltonian_posterior`. Exact: every row of ``A J`` is the
+    vector-Jacobian product of a unit vector of the measurement space, ``chunk`` rows at a time
+    on copies of one chain's ``z`` (so ``op`` must act on any batch, and ``decode`` on each
+    image alone, as a flow does). Costs one backward pass per measured coordinate."""
+    _check_noise_level(sigma_n)
+    if z.dim() != 2 or chunk < 1:
+        raise ValueError(
+            f"the dense curvature needs flat latents (B, D) and chunk >= 1; got z of shape "
+            f"{tuple(z.shape)} and chunk {chunk}."
+        )
+    batch, size = z.shape
+    curvature = torch.empty(batch, size, size, dtype=torch.float64)
+    for chain in range(batch):
+        rows = []
+        with torch.enable_grad():
+            measured = op.A(decode(z[chain : chain + 1].detach())).flatten(1)
+            count = measured.shape[1]
+            for start in range(0, count, chunk):
+                index = torch.arange(start, min(start + chunk, count))
+                copies = z[chain].detach().expand(len(index), size).clone().requires_grad_(True)
+                outputs = op.A(decode(copies)).flatten(1)
+                unit = torch.zeros_like(outputs)
+                unit[torch.arange(len(index)), index.to(unit.device)] = 1.0
+                (row,) = torch.autograd.grad(outputs, copies, unit)
+                rows.append(row.detach().double().cpu())
+        jacobian = torch.cat(rows)  # A J, (measurements, D)
+        curvature[chain] = jacobian.T @ jacobian / sigma_n**2
+        curvature[chain].diagonal().add_(1.0)
+    return curvature.to(z.device)
 
 
 def diagonal_curvature(
