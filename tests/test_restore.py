@@ -505,12 +505,19 @@ def test_exif_orientation_is_applied_as_pillow_shows_the_image(
 
 
 @pytest.mark.parametrize(
-    ("mode", "sampler"),
-    [("native", ()), ("resize", ()),
-     ("native", ("--sample-leapfrog-steps", "3", "--sample-step", "0.02"))],
+    ("mode", "sampler", "described"),
+    [("native", (), "ULA"), ("resize", (), "ULA"),
+     ("native", ("--sample-leapfrog-steps", "3", "--sample-step", "0.02"), "mass diag"),
+     ("native", ("--sample-leapfrog-steps", "3", "--sample-step", "0.02",
+                 "--sample-precondition", "dense"), "(dense)")],
 )  # fmt: skip
 def test_samples_write_a_posterior_mean_and_std_of_the_inputs_size(
-    trained: tuple[Path, Path], tmp_path: Path, capsys, mode: str, sampler: tuple[str, ...]
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    capsys,
+    mode: str,
+    sampler: tuple[str, ...],
+    described: str,
 ) -> None:
     _, checkpoint = trained
     paths = _write_images(tmp_path / "in", 2, (12, 10))
@@ -521,6 +528,7 @@ def test_samples_write_a_posterior_mean_and_std_of_the_inputs_size(
     assert code == 0
     printed = capsys.readouterr().out
     assert "std max" in printed and "ESS" in printed
+    assert "posterior samples: 12 per image by " in printed and described in printed
     for path in paths:
         restored, _ = read_image(out / f"{path.stem}_restored.png")
         mean, _ = read_image(out / f"{path.stem}_posterior_mean.png")

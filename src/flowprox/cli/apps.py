@@ -139,6 +139,8 @@ def command_restore(args: argparse.Namespace) -> int:
         f"{config.model.prox} network for {task_label(config.task)}; operator: {described}; "
         f"mode {args.mode}"
     )
+    if args.samples:
+        print(f"posterior samples: {args.samples} per image by {sampler.describe()}")
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     written = 0
