@@ -361,7 +361,12 @@ def add_sample_posterior_command(commands: Any) -> None:
     sampler.add_argument("--out", type=Path, required=True, help="a new output folder")
     sampler.add_argument("--prior", help="the pre-trained prior (None: the run's)")
     sampler.add_argument(
-        "--split", default="test", choices=["test", "val"], help="the split whose images to use"
+        "--split",
+        default="test",
+        choices=["test", "val", "prior"],
+        help="the split whose images to use; 'prior': images drawn from the prior and measured "
+        "at the noise level the sampler assumes, where the intervals must cover at their "
+        "nominal rate if the chains mix (the sampler's own check)",
     )
     sampler.add_argument("--images", type=positive_int, default=16, help="images to sample")
     sampler.add_argument("--samples", type=positive_int, default=100, help="samples kept")
