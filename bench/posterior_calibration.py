@@ -42,7 +42,7 @@ Setting = tuple[float, int]  # (step size, leapfrog steps; 0: Langevin)
 
 def _sample(args: argparse.Namespace, task: str, split: str, setting: Setting) -> dict:
     step, leapfrog = setting
-    out = args.out / task / f"{split}-{_name(setting)}{_mass_suffix(args.precondition)}"
+    out = _folder(args, task, split, setting)
     if (out / "report.json").is_file():
         return json.loads((out / "report.json").read_text())
     settings = SamplerSettings(
@@ -54,6 +54,11 @@ def _sample(args: argparse.Namespace, task: str, split: str, setting: Setting) -
     report = sample_posterior(model, args.data, out, images, settings, args.prior, split)
     print(f"{task} {split} {_name(setting)}: coverage_90 {_target(report):.3f}", flush=True)
     return report
+
+
+def _folder(args: argparse.Namespace, task: str, split: str, setting: Setting) -> Path:
+    """Where one sampler's run on one split is kept (read again instead of sampled again)."""
+    return args.out / task / f"{split}-{_name(setting)}{_mass_suffix(args.precondition)}"
 
 
 def _mass_suffix(precondition: str) -> str:
@@ -142,7 +147,7 @@ def main() -> int:
         best = min(settings, key=lambda setting: _miss(val[setting]))
         test = _sample(args, task, "test", best)
         lines.append(_row(task, best, val[best], test))
-        figures.append(args.out / task / f"test-{_name(best)}" / "uncertainty.png")
+        figures.append(_folder(args, task, "test", best) / "uncertainty.png")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
