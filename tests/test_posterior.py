@@ -61,6 +61,16 @@ def _pooled(result):
     return mean, variance, (variance / ess).sqrt(), variance * (2 / ess).sqrt()
 
 
+def _assert_within_three_standard_errors(
+    mean, variance, mean_error, variance_error, mean_x, variance_x
+) -> None:
+    """The pooled mean and variance against the closed form, within 3 Monte Carlo errors."""
+    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
+    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
+        variance - variance_x
+    ) / variance_error
+
+
 def test_mala_matches_the_closed_form_posterior_within_three_standard_errors() -> None:
     decode, y, op, mean_x, variance_x = _problem(chains=100)
     z0 = torch.zeros(100, 12, dtype=torch.float64)
@@ -70,10 +80,9 @@ def test_mala_matches_the_closed_form_posterior_within_three_standard_errors() -
     )  # fmt: skip
     mean, variance, mean_error, variance_error = _pooled(result)
     assert 0.4 < result.acceptance < 0.99
-    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
-    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
-        variance - variance_x
-    ) / variance_error
+    _assert_within_three_standard_errors(
+        mean, variance, mean_error, variance_error, mean_x, variance_x
+    )
 
 
 def test_hmc_matches_the_closed_form_posterior_within_three_standard_errors() -> None:
@@ -85,10 +94,9 @@ def test_hmc_matches_the_closed_form_posterior_within_three_standard_errors() ->
     )  # fmt: skip
     mean, variance, mean_error, variance_error = _pooled(result)
     assert 0.6 < result.acceptance < 1.0 and result.non_finite == 0.0
-    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
-    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
-        variance - variance_x
-    ) / variance_error
+    _assert_within_three_standard_errors(
+        mean, variance, mean_error, variance_error, mean_x, variance_x
+    )
 
 
 def test_the_diagonal_curvature_is_that_of_the_gauss_newton_matrix() -> None:
@@ -113,10 +121,9 @@ def test_hmc_with_the_curvature_as_mass_matches_the_closed_form_posterior() -> N
     )  # fmt: skip
     mean, variance, mean_error, variance_error = _pooled(result)
     assert 0.6 < result.acceptance < 1.0
-    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
-    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
-        variance - variance_x
-    ) / variance_error
+    _assert_within_three_standard_errors(
+        mean, variance, mean_error, variance_error, mean_x, variance_x
+    )
 
 
 def test_the_dense_curvature_is_the_gauss_newton_matrix() -> None:
@@ -146,10 +153,9 @@ def test_hmc_with_the_dense_curvature_as_mass_matches_the_closed_form_posterior(
     # leapfrog steps of 0.5 reach nearly independent samples, nearly always accepted
     assert result.acceptance > 0.85, result.acceptance
     assert float(result.ess.flatten(1).median()) > 150, result.ess.flatten(1).median()
-    assert bool(((mean - mean_x).abs() <= 3 * mean_error).all()), (mean - mean_x) / mean_error
-    assert bool(((variance - variance_x).abs() <= 3 * variance_error).all()), (
-        variance - variance_x
-    ) / variance_error
+    _assert_within_three_standard_errors(
+        mean, variance, mean_error, variance_error, mean_x, variance_x
+    )
 
 
 def test_a_dense_mass_must_be_positive_definite() -> None:

@@ -292,7 +292,7 @@ def add_restore_command(commands: Any) -> None:
     )
     restore.add_argument(
         "--sample-precondition",
-        choices=["diagonal", "dense"],
+        choices=[mass for mass in PRECONDITIONERS if mass != "none"],
         default="diagonal",
         help="HMC's mass matrix, as sample-posterior --precondition (default: diagonal)",
     )

@@ -274,12 +274,12 @@ def gauss_newton_curvature(
             f"{tuple(z.shape)} and chunk {chunk}."
         )
     batch, size = z.shape
+    with torch.no_grad():
+        count = op.A(decode(z[:1])).flatten(1).shape[1]  # measured values per image
     curvature = torch.empty(batch, size, size, dtype=torch.float64)
     for chain in range(batch):
         rows = []
         with torch.enable_grad():
-            measured = op.A(decode(z[chain : chain + 1].detach())).flatten(1)
-            count = measured.shape[1]
             for start in range(0, count, chunk):
                 index = torch.arange(start, min(start + chunk, count))
                 copies = z[chain].detach().expand(len(index), size).clone().requires_grad_(True)
