@@ -9,7 +9,8 @@ is chosen on ``--val-images`` images of the val split (the setting whose central
 per-pixel intervals cover the true pixels closest to 90%: inside the hole for inpainting,
 everywhere otherwise); the test split is then sampled once with it. The table gives, on
 test: the PSNR of the network and of the posterior mean, the coverage of the 50% and 90%
-intervals (inside and outside the hole for inpainting), the correlation between per-pixel
+intervals (inside and outside the hole for inpainting; the 90% one also with its ends at the
+rank positions of ``metrics.calibration``, in the hole), the correlation between per-pixel
 error and standard deviation, the median ESS and the acceptance rate. The figure stacks each
 task's ``uncertainty.png`` (truth, measurement, network, posterior mean, standard deviation,
 ``|mean - x|``).
@@ -94,10 +95,13 @@ def _row(task: str, setting: Setting, val: dict, test: dict) -> str:
         if hole
         else f"{test['coverage_50']:.3f} | {test['coverage_90']:.3f}"
     )
+    rank = test.get("coverage_90_hole_rank", test.get("coverage_90_rank"))
+    rank = "-" if rank is None else f"{rank:.3f}"  # reports before the rank ends lack it
     return (
         f"| {test['task']} | {test.get('sampler', _name(setting))} | {_target(val):.3f} | "
         f"{test['psnr_network']:.2f} | "
-        f"{test['psnr_posterior_mean']:.2f} | {cov} | {test['error_std_correlation']:.3f} | "
+        f"{test['psnr_posterior_mean']:.2f} | {cov} | {rank} | "
+        f"{test['error_std_correlation']:.3f} | "
         f"{test['ess_median']:.0f} / {test['samples']} | {test['acceptance']:.2f} | "
         f"{test.get('non_finite_proposals', 0.0):.3f} |"
     )
@@ -137,9 +141,9 @@ def main() -> int:
         "observed for inpainting).",
         "",
         "| task | sampler | val 90% coverage | PSNR network | PSNR posterior mean | "
-        "50% coverage | 90% coverage | corr(error, std) | ESS (median) | acceptance | "
-        "non-finite proposals |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "50% coverage | 90% coverage | 90% coverage, rank ends | corr(error, std) | "
+        "ESS (median) | acceptance | non-finite proposals |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     figures = []
     for task in args.tasks.split(","):

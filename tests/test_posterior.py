@@ -222,6 +222,21 @@ def test_interval_coverage_of_calibrated_and_overconfident_samples() -> None:
         interval_coverage(samples, x, 1.5)
 
 
+def test_rank_positions_give_the_nominal_coverage_for_few_draws() -> None:
+    # the truth and 50 samples per pixel are independent draws of one distribution: the rank
+    # interval covers it at the nominal rate, (n + 1 - 2 j) / (n + 1), up to Monte Carlo error
+    # (200,000 pixels: standard error below 0.001); torch.quantile's falls inside it
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(1000, 1, 10, 20, generator=generator, dtype=torch.float64)
+    samples = torch.randn(50, *x.shape, generator=generator, dtype=torch.float64)
+    for level in (0.5, 0.9):
+        assert abs(interval_coverage(samples, x, level, positions="rank") - level) < 0.005
+    assert abs(interval_coverage(samples, x, 0.9) - 0.867) < 0.005  # type 7: inside
+    assert abs(interval_coverage(samples[:49], x, 0.92, positions="rank") - 0.92) < 0.005
+    with pytest.raises(ValueError, match="positions"):
+        interval_coverage(samples, x, 0.9, positions="weibull")
+
+
 def test_error_std_correlation_sees_where_the_errors_are() -> None:
     generator = torch.Generator().manual_seed(6)
     x = torch.rand(2, 3, 8, 8, generator=generator, dtype=torch.float64)

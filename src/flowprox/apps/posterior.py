@@ -176,16 +176,17 @@ def sample_posterior(
         "ess_min": float(result.ess.min()),
         "psnr_network": float(psnr(x_hat, x).mean()),
         "psnr_posterior_mean": float(psnr(mean, x).mean()),
-        "coverage_50": interval_coverage(samples, x, 0.5),
-        "coverage_90": interval_coverage(samples, x, 0.9),
         "error_std_correlation": error_std_correlation(mean, std, x),
     }
+    regions: dict[str, Tensor | None] = {"": None}
     if isinstance(op, Mask):
         observed = op.mask.to(x)
-        for name, region in (("hole", 1 - observed), ("observed", observed)):
-            for level in (50, 90):
-                report[f"coverage_{level}_{name}"] = interval_coverage(
-                    samples, x, level / 100, region.expand_as(x[0])
+        regions |= {"_hole": (1 - observed).expand_as(x[0]), "_observed": observed.expand_as(x[0])}
+    for name, region in regions.items():
+        for level in (50, 90):
+            for positions, suffix in (("linear", ""), ("rank", "_rank")):
+                report[f"coverage_{level}{name}{suffix}"] = interval_coverage(
+                    samples, x, level / 100, region, positions
                 )
     _write(Path(out), report, x, y, op, x_hat, mean, std)
     return report
