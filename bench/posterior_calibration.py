@@ -97,12 +97,15 @@ def _row(task: str, setting: Setting, val: dict, test: dict) -> str:
     )
     rank = test.get("coverage_90_hole_rank", test.get("coverage_90_rank"))
     rank = "-" if rank is None else f"{rank:.3f}"  # reports before the rank ends lack it
+    ess = f"{test['ess_median']:.0f}"
+    if "ess_median_hole" in test:  # reports before the hole's ESS lack it
+        ess += f" (hole {test['ess_median_hole']:.0f})"
     return (
         f"| {test['task']} | {test.get('sampler', _name(setting))} | {_target(val):.3f} | "
         f"{test['psnr_network']:.2f} | "
         f"{test['psnr_posterior_mean']:.2f} | {cov} | {rank} | "
         f"{test['error_std_correlation']:.3f} | "
-        f"{test['ess_median']:.0f} / {test['samples']} | {test['acceptance']:.2f} | "
+        f"{ess} / {test['samples']} | {test['acceptance']:.2f} | "
         f"{test.get('non_finite_proposals', 0.0):.3f} |"
     )
 

@@ -13,7 +13,11 @@ import math
 import pytest
 import torch
 
-from flowprox.metrics.calibration import error_std_correlation, interval_coverage
+from flowprox.metrics.calibration import (
+    error_std_correlation,
+    interval_coverage,
+    region_median,
+)
 from flowprox.optim.posterior import (
     diagonal_curvature,
     effective_sample_size,
@@ -235,6 +239,24 @@ def test_rank_positions_give_the_nominal_coverage_for_few_draws() -> None:
     assert abs(interval_coverage(samples[:49], x, 0.92, positions="rank") - 0.92) < 0.005
     with pytest.raises(ValueError, match="positions"):
         interval_coverage(samples, x, 0.9, positions="weibull")
+
+
+def test_region_median_reads_the_mixing_inside_a_hole() -> None:
+    # a chain of 400 images: inside a hole each pixel is AR(1) with rho = 0.8 (ESS about
+    # n (1 - rho) / (1 + rho) = 44), outside it independent draws (ESS about n = 400)
+    generator = torch.Generator().manual_seed(8)
+    hole = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    hole[..., 4:12, 4:12] = 1
+    steps = torch.randn(400, 2, 1, 16, 16, generator=generator, dtype=torch.float64)
+    chain = steps.clone()
+    for t in range(1, len(chain)):
+        chain[t] = hole * (0.8 * chain[t - 1] + 0.6 * steps[t]) + (1 - hole) * steps[t]
+    ess = effective_sample_size(chain)
+    assert 30 < region_median(ess, hole) < 60
+    assert region_median(ess, 1 - hole) > 300
+    assert region_median(ess) == float(ess.median())
+    with pytest.raises(ValueError, match="no pixel"):
+        region_median(ess, torch.zeros_like(hole))
 
 
 def test_error_std_correlation_sees_where_the_errors_are() -> None:

@@ -6,8 +6,9 @@ unrolled network gives ``x^``; Langevin dynamics in the pre-trained prior's late
 the PSNR of the posterior mean and of ``x^``, the coverage of the per-pixel central 50% and 90%
 intervals (everywhere, and inside and outside the hole for inpainting), the correlation between
 per-pixel error and standard deviation, the step size, acceptance rate and effective sample
-size; a figure (truth, measurement, ``x^``, mean, standard deviation, ``|mean - x|``) and the
-mean and standard-deviation images are written.
+size (its median over all pixels, and inside and outside the hole); a figure (truth,
+measurement, ``x^``, mean, standard deviation, ``|mean - x|``) and the mean and
+standard-deviation images are written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from torch import Tensor, nn
 
 from flowprox.evaluation.evaluate import load_evaluation_set
 from flowprox.evaluation.figures import comparison_figure
-from flowprox.metrics.calibration import error_std_correlation, interval_coverage
+from flowprox.metrics.calibration import (
+    error_std_correlation,
+    interval_coverage,
+    region_median,
+)
 from flowprox.metrics.quality import psnr
 from flowprox.models.prior import load_prior
 from flowprox.models.unrolled import load_unrolled
@@ -183,6 +188,8 @@ def sample_posterior(
         observed = op.mask.to(x)
         regions |= {"_hole": (1 - observed).expand_as(x[0]), "_observed": observed.expand_as(x[0])}
     for name, region in regions.items():
+        if name:  # the chains' mixing where the uncertainty is (the hole), and elsewhere
+            report[f"ess_median{name}"] = region_median(result.ess, region)
         for level in (50, 90):
             for positions, suffix in (("linear", ""), ("rank", "_rank")):
                 report[f"coverage_{level}{name}{suffix}"] = interval_coverage(

@@ -66,6 +66,17 @@ def _rank_quantile(samples: Tensor, p: float) -> Tensor:
     return torch.lerp(ordered[below], ordered[above], position - below)
 
 
+def region_median(values: Tensor, region: Tensor | None = None) -> float:
+    """The median of ``values`` over the pixels where ``region`` (0/1, broadcastable to
+    ``values``) is 1, or over all pixels; e.g. the effective sample size inside a hole."""
+    if region is None:
+        return float(values.median())
+    inside = region.expand_as(values) > 0
+    if not bool(inside.any()):
+        raise ValueError("the region holds no pixel; pass a region with at least one 1.")
+    return float(values[inside].median())
+
+
 def error_std_correlation(mean: Tensor, std: Tensor, x: Tensor) -> float:
     """Pearson correlation over all pixels between ``|mean - x|`` and ``std``."""
     error = (mean.double() - x.double()).abs().flatten()
