@@ -352,6 +352,34 @@ def test_sample_posterior_writes_calibrated_statistics_and_never_overwrites(
     assert "already holds a posterior report" in capsys.readouterr().err
 
 
+def test_sample_posterior_reports_the_hole_and_the_observed_pixels_apart(
+    data_dir: Path, prior_path: Path, tmp_path: Path
+) -> None:
+    """Inpainting: coverage and effective sample size inside the hole and outside it; the
+    coverage over all pixels is the two's mixture, weighted by the hole's share of pixels."""
+    settings = ("train.max_steps=4", "train.eval_every=2")
+    model = train_tiny(data_dir, prior_path, tmp_path / "run", "inpaint", "glow", *settings)
+    out = tmp_path / "posterior"
+    arguments = ["sample-posterior", "--model", str(model / "best.pt"), "--data", str(data_dir),
+                 "--out", str(out), "--images", "4", "--samples", "12", "--burn-in", "2",
+                 "--step-size", "0.05", "--leapfrog-steps", "3", "--precondition"]  # fmt: skip
+    assert main(arguments) == 0
+    report = json.loads((out / "report.json").read_text())
+    _, config = load_unrolled(model / "best.pt")
+    op = build_operator(config.task, config.data.resolution)
+    assert isinstance(op, Mask)
+    hole = 1 - float(op.mask.mean())
+    assert 0 < hole < 0.5
+    for level in (50, 90):
+        for suffix in ("", "_rank"):
+            inside = report[f"coverage_{level}_hole{suffix}"]
+            outside = report[f"coverage_{level}_observed{suffix}"]
+            mixed = hole * inside + (1 - hole) * outside
+            assert report[f"coverage_{level}{suffix}"] == pytest.approx(mixed, abs=1e-9)
+    for region in ("hole", "observed"):
+        assert 0 < report[f"ess_median_{region}"] <= report["samples"]
+
+
 @pytest.mark.parametrize(("mass", "described"), [([], "diag"), (["dense"], "(dense)")])
 def test_sample_posterior_by_preconditioned_hmc(
     data_dir: Path, glow_denoiser: Path, tmp_path: Path, capsys, mass: list, described: str
