@@ -15,7 +15,9 @@ error and standard deviation, the median ESS and the acceptance rate. The figure
 task's ``uncertainty.png`` (truth, measurement, network, posterior mean, standard deviation,
 ``|mean - x|``).
 
-Runs already in ``--out`` (a ``report.json``) are read, not sampled again.
+Runs already in ``--out`` (a ``report.json``) are read, not sampled again, if they were made
+with the same sampler, samples, burn-in and number of images (a run of other settings is an
+error, never read as this one).
 
 Usage::
 
@@ -44,22 +46,37 @@ Setting = tuple[float, int]  # (step size, leapfrog steps; 0: Langevin)
 def _sample(args: argparse.Namespace, task: str, split: str, setting: Setting) -> dict:
     step, leapfrog = setting
     out = _folder(args, task, split, setting)
-    if (out / "report.json").is_file():
-        return json.loads((out / "report.json").read_text())
     settings = SamplerSettings(
         samples=args.samples, burn_in=args.burn_in, step_size=step,
         metropolis=args.metropolis, leapfrog_steps=leapfrog, precondition=args.precondition,
     )  # fmt: skip
-    model = args.run / "train" / task / "glow" / "checkpoints" / "best.pt"
     images = args.images if split == "test" else args.val_images or args.images
+    if (out / "report.json").is_file():
+        return _reuse(out, settings, images)
+    model = args.run / "train" / task / "glow" / "checkpoints" / "best.pt"
     report = sample_posterior(model, args.data, out, images, settings, args.prior, split)
     print(f"{task} {split} {_name(setting)}: coverage_90 {_target(report):.3f}", flush=True)
     return report
 
 
+def _reuse(out: Path, settings: SamplerSettings, images: int) -> dict:
+    """The report already in ``out``, if it was made with these settings; an error otherwise
+    (a run of other settings is never read as this one)."""
+    report = json.loads((out / "report.json").read_text())
+    made = (report.get("sampler"), report.get("samples"), report.get("burn_in"), report["images"])
+    asked = (settings.describe(), settings.samples, settings.burn_in, images)
+    if made != asked:
+        raise SystemExit(
+            f"{out} holds a run of (sampler, samples, burn-in, images) = {made}, not {asked}; "
+            "pass another --out (or remove that folder to sample it again)."
+        )
+    return report
+
+
 def _folder(args: argparse.Namespace, task: str, split: str, setting: Setting) -> Path:
     """Where one sampler's run on one split is kept (read again instead of sampled again)."""
-    return args.out / task / f"{split}-{_name(setting)}{_mass_suffix(args.precondition)}"
+    mass = _mass_suffix(args.precondition)
+    return args.out / task / f"{split}-{_name(setting)}{mass}-S{args.samples}-B{args.burn_in}"
 
 
 def _mass_suffix(precondition: str) -> str:

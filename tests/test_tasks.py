@@ -339,7 +339,7 @@ def test_sample_posterior_writes_calibrated_statistics_and_never_overwrites(
                  "--thin", "1", "--step-size", "1e-4"]  # fmt: skip
     assert main(arguments) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["images"] == 4 and report["samples"] == 20
+    assert report["images"] == 4 and report["samples"] == 20 and report["burn_in"] == 10
     assert report["acceptance"] == 1.0  # unadjusted Langevin
     assert 0 <= report["coverage_50"] <= report["coverage_90"] <= 1
     # the rank ends lie outside torch.quantile's (further from the median): never less coverage

@@ -172,6 +172,7 @@ def sample_posterior(
         "truth": "prior draws (the sampler's check)" if split == "prior" else f"{split} split",
         "images": len(x),
         "samples": len(samples),
+        "burn_in": settings.burn_in,
         "sigma_n_used": sigma,
         "sampler": settings.describe(),
         "step_size": result.step_size,
