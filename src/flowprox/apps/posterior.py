@@ -107,12 +107,12 @@ def draw_samples(
         return hamiltonian_posterior(
             decode, y, op, sigma_n, z0, samples=settings.samples,
             step_size=settings.step_size, leapfrog_steps=settings.leapfrog_steps,
-            burn_in=settings.burn_in, mass=mass, generator=generator,
+            burn_in=settings.burn_in, mass=mass, generator=generator, progress=True,
         )  # fmt: skip
     return langevin_posterior(
         decode, y, op, sigma_n, z0, steps=settings.samples * settings.thin,
         step_size=settings.step_size, burn_in=settings.burn_in, thin=settings.thin,
-        metropolis=settings.metropolis, generator=generator,
+        metropolis=settings.metropolis, generator=generator, progress=True,
     )  # fmt: skip
 
 

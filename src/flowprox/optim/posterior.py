@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from flowprox.physics.operators import LinearOperator
 
@@ -92,6 +93,7 @@ def langevin_posterior(
     thin: int = 1,
     metropolis: bool = False,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> PosteriorSamples:
     """Sample ``p(z | y)`` from ``z0`` and return statistics of the images ``decode(z)``.
 
@@ -107,6 +109,7 @@ def langevin_posterior(
         thin: keep every ``thin``-th step.
         metropolis: MALA (accept/reject) instead of ULA.
         generator: the noise's source (on ``z0``'s device).
+        progress: show a progress bar (tqdm) over the steps.
     """
     _check_noise_level(sigma_n)
     if not (step_size > 0 and steps >= 1 and burn_in >= 0 and thin >= 1):
@@ -117,7 +120,7 @@ def langevin_posterior(
     z = z0.detach().clone()
     value, gradient = log_posterior(z, decode, y, op, sigma_n)
     kept, accepted, proposed, non_finite = [], 0.0, 0, 0.0
-    for step in range(burn_in + steps):
+    for step in tqdm(range(burn_in + steps), "Langevin", unit="step", disable=not progress):
         noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         proposal = z + step_size * gradient + math.sqrt(2 * step_size) * noise
         new_value, new_gradient = log_posterior(proposal, decode, y, op, sigma_n)
@@ -159,6 +162,7 @@ def hamiltonian_posterior(
     jitter: float = 0.2,
     mass: Tensor | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> PosteriorSamples:
     """Sample ``p(z | y)`` by Hamiltonian Monte Carlo from ``z0``; statistics of ``decode(z)``.
 
@@ -174,7 +178,8 @@ def hamiltonian_posterior(
     along the measured directions, ``~1`` along the others): Langevin's step must stay below
     the stiff scale and then crosses the soft directions in ``~1 / h`` steps, a trajectory of
     ``L`` leapfrog steps in ``~1 / (L eps)``.
-    A trajectory that meets a non-finite image is rejected and counted.
+    A trajectory that meets a non-finite image is rejected and counted. ``progress`` shows a
+    progress bar (tqdm) over the trajectories with the acceptance rate so far.
     """
     _check_noise_level(sigma_n)
     if not (step_size > 0 and samples >= 1 and leapfrog_steps >= 1 and burn_in >= 0
@@ -188,6 +193,7 @@ def hamiltonian_posterior(
     value, gradient = log_posterior(z, decode, y, op, sigma_n)
     shape = (-1, *([1] * (z.dim() - 1)))
     kept, accepted, non_finite = [], 0.0, 0.0
+    bar = tqdm(total=burn_in + samples, desc="HMC", unit="trajectory", disable=not progress)
     for trajectory in range(burn_in + samples):
         unit = float(torch.rand((), generator=generator))
         eps = step_size * (1 + jitter * (2 * unit - 1))
@@ -215,6 +221,9 @@ def hamiltonian_posterior(
             non_finite += float(broken.float().mean())
             with torch.no_grad():
                 kept.append(decode(z).detach())
+        bar.update()
+        bar.set_postfix(acceptance=f"{float(accept.float().mean()):.2f}")
+    bar.close()
     return _statistics(kept, step_size, accepted / samples, non_finite / samples)
 
 
