@@ -193,8 +193,9 @@ def hamiltonian_posterior(
     value, gradient = log_posterior(z, decode, y, op, sigma_n)
     shape = (-1, *([1] * (z.dim() - 1)))
     kept, accepted, non_finite = [], 0.0, 0.0
-    bar = tqdm(total=burn_in + samples, desc="HMC", unit="trajectory", disable=not progress)
-    for trajectory in range(burn_in + samples):
+    bar = tqdm(range(burn_in + samples), "HMC", unit="trajectory", disable=not progress)
+    tried = 0.0  # acceptances over every trajectory so far, burn-in included (the bar's)
+    for trajectory in bar:
         unit = float(torch.rand((), generator=generator))
         eps = step_size * (1 + jitter * (2 * unit - 1))
         noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
@@ -221,9 +222,8 @@ def hamiltonian_posterior(
             non_finite += float(broken.float().mean())
             with torch.no_grad():
                 kept.append(decode(z).detach())
-        bar.update()
-        bar.set_postfix(acceptance=f"{float(accept.float().mean()):.2f}")
-    bar.close()
+        tried += float(accept.float().mean())
+        bar.set_postfix(acceptance=f"{tried / (trajectory + 1):.2f}")
     return _statistics(kept, step_size, accepted / samples, non_finite / samples)
 
 
